@@ -1,7 +1,7 @@
-"Time `build_benchmark` at the default size (12,000 images at 64 px) and report wall and CPU seconds and the load.
+"""Time `build_benchmark` at the default size (12,000 images at 64 px) and report wall and CPU seconds and the load.
 
 Run: .venv/bin/python bench/synth_build.py [--workers 2] [--out /tmp/synth_bench]
-CPU seconds / workers is what the build would take on idle cores; compare it with the wall time to see contention."
+CPU seconds / workers is what the build would take on idle cores; compare it with the wall time to see contention."""
 import argparse, os, shutil, time
 from itr_nb.synth import build_benchmark
 
