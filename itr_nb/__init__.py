@@ -2,6 +2,14 @@
 
 Modules:
 
-- `itr_nb.train`: A training loop for dual encoders: AdamW with no decay on biases, norms and temperatures, cosine schedule, clipping, seeds, mixed precision on GPU, validation every epoch, the best checkpoint chosen on validation."""
+- `itr_nb.cusa`: CUSA (Huang et al., AAAI 2024): frozen uni-modal teachers give soft labels over the batch; the student's cross-modal (CSA) and uni-modal (USA) similarity distributions are pulled toward them (METHODS.md section 2).
+- `itr_nb.encoders`: Image and text encoders behind one interface, the dual encoder with two heads per modality, and on-disk caches of frozen features.
+- `itr_nb.experiment`: Papermill experiments: run a template notebook with checked parameters into `runs/`, sweep a grid over parameters and seeds, and summarise the runs as tables and a plot.
+- `itr_nb.losses`: The contrastive baseline: InfoNCE with several positives per query, a learnable clamped temperature, and negatives gathered across processes.
+- `itr_nb.metrics`: Retrieval evaluation on an images x captions similarity matrix: R@K, RSUM and ranks (VSE / CLIP_benchmark), COCO 5K and 1K, extended positives (R-Precision, mAP@R; ECCV Caption, CxC), uni-modal retrieval; streamed over query blocks, never sorting the whole matrix.
+- `itr_nb.retrieval`: The dual-encoder experiment in functions: a split in memory, training batches, the contrastive objective, embedding a split and evaluating it. Templates and methods (CUSA, TGDT, TTD) build on these.
+- `itr_nb.tgdt`: TGDT (Liu et al., IEEE TIP 2023): one token-guided transformer per modality gives a global embedding and token embeddings; the CMC loss trains both; two-stage inference ranks by global vectors and re-ranks the top K with local token matching (METHODS.md section 3).
+- `itr_nb.train`: A training loop for dual encoders: AdamW with no decay on biases, norms and temperatures, cosine schedule, clipping, seeds, mixed precision on GPU, validation every epoch, the best checkpoint chosen on validation.
+- `itr_nb.ttd`: Text-tag self-distillation (Jo et al., ECCV 2024): dense image-text maps, tag selection by pixel-tag scoring, and fine-tuning that pulls a caption's map toward the union of its selected tags' maps (METHODS.md section 4)."""
 
 __version__ = "0.1.0"
