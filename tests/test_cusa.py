@@ -134,7 +134,7 @@ def test_teacher_cache_reused_and_rebuilt_when_stale(tiny, tmp_path, capsys):
     va = load_split(tiny, 'val', 32, progress=False)
     ti, tt = CountingTeacher('small-cnn', 'image', 32), CountingTeacher('small-transformer', 'text')
     fi, ft = teacher_features(va, tiny, ti, tt, cache_dir=tmp_path, progress=False)
-    assert (ti.items, tt.items) == (50, 250) and fi.shape == (50, 128) and ft.shape == (250, 256)
+    assert (ti.items, tt.items) == (50, 250) and fi.shape == (50, 128) and ft.shape == (250, 128)
     # the text rows follow the split's caption order (the cache stores them sorted by length)
     with torch.no_grad(): assert torch.allclose(ft[5], tt.encoder([va.split.captions[5]]).global_[0], atol=1e-5)
     tt.items = 0

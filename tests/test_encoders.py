@@ -70,7 +70,7 @@ def test_minilm_matches_sentence_transformers():
 def test_small_transformer_shapes():
     o = text_encoder('small-transformer')(CAPS)
     L = n_tokens(CAPS)
-    assert o.global_.shape == (3, 256) and o.tokens.shape == (3, max(L), 256) and o.mask.sum(1).tolist() == L
+    assert o.global_.shape == (3, 128) and o.tokens.shape == (3, max(L), 128) and o.mask.sum(1).tolist() == L
 
 def test_tiny_bert_by_path(tiny_dir):
     from transformers import BertModel
