@@ -3,6 +3,7 @@
 Modules:
 
 - `itr_nb.cusa`: CUSA (Huang et al., AAAI 2024): frozen uni-modal teachers give soft labels over the batch; the student's cross-modal (CSA) and uni-modal (USA) similarity distributions are pulled toward them (METHODS.md section 2).
+- `itr_nb.distributed`: Training on several processes with torchrun: DistributedDataParallel, each global batch cut into one share per process, negatives gathered across processes and CUSA's teacher soft labels computed on the gathered batch.
 - `itr_nb.encoders`: Image and text encoders behind one interface, the dual encoder with two heads per modality, and on-disk caches of frozen features.
 - `itr_nb.experiment`: Papermill experiments: run a template notebook with checked parameters into `runs/`, sweep a grid over parameters and seeds, and summarise the runs as tables and a plot.
 - `itr_nb.losses`: The contrastive baseline: InfoNCE with several positives per query, a learnable clamped temperature, and negatives gathered across processes.
