@@ -6,6 +6,7 @@ Modules:
 - `itr_nb.distributed`: Training on several processes with torchrun: DistributedDataParallel, each global batch cut into one share per process, negatives gathered across processes and CUSA's teacher soft labels computed on the gathered batch.
 - `itr_nb.encoders`: Image and text encoders behind one interface, the dual encoder with two heads per modality, and on-disk caches of frozen features.
 - `itr_nb.experiment`: Papermill experiments: run a template notebook with checked parameters into `runs/`, sweep a grid over parameters and seeds, and summarise the runs as tables and a plot.
+- `itr_nb.inspect`: Views that show why a model ranks what it ranks: CUSA's soft labels over a batch, the results ranked above each query's ground truth with the false negatives among them, and TTD's caption and tag maps against the true masks.
 - `itr_nb.losses`: The contrastive baseline: InfoNCE with several positives per query, a learnable clamped temperature, and negatives gathered across processes.
 - `itr_nb.metrics`: Retrieval evaluation on an images x captions similarity matrix: R@K, RSUM and ranks (VSE / CLIP_benchmark), COCO 5K and 1K, extended positives (R-Precision, mAP@R; ECCV Caption, CxC), uni-modal retrieval; streamed over query blocks, never sorting the whole matrix.
 - `itr_nb.retrieval`: The dual-encoder experiment in functions: a split in memory, training batches, the contrastive objective, embedding a split and evaluating it. Templates and methods (CUSA, TGDT, TTD) build on these.
