@@ -132,6 +132,7 @@ def test_false_negative_browser_filters(tiny_benchmark):
     assert [int(x) for x in re.findall(r'<tr>\s*<td>(\d+)</td>', w.rows.value)] == [q] * min(len(mine), 40)
     assert html.escape(d.split.captions[q]) in w.cards.children[0].children[-1].value
     assert len(w.cards.children) == 1 + min(len(mine), 6) + 1     # query, items, ground truth
+    assert f'ground truth #{mine[0][3]}' in w.cards.children[-1].children[1].value
     w.kind.value = 'error'
     assert f'shown: {sum(not r[4] for r in mine)} rows' in w.counts.value
     w.query.value, w.kind.value = -1, 'false negative'
