@@ -10,6 +10,7 @@ the ratio to the torch product, and each approximate index's recall@K against th
     .venv/bin/python bench/bench_faiss.py --sizes 100000 --dim 256 --threads 2
 """
 import argparse, gc, time
+from common import timed
 import numpy as np, torch
 from itr_nb.search import torch_topk, build_index, search_index, recall_at_k
 
@@ -23,12 +24,6 @@ def clustered(n, d, centres, noise, rng, block=200_000):
         out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
-
-def timed(f, repeat):
-    best = float('inf')
-    for _ in range(repeat):
-        t0 = time.perf_counter(); r = f(); best = min(best, time.perf_counter() - t0)
-    return best, r
 
 
 def main():

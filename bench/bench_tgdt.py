@@ -10,6 +10,7 @@ plus local matching of the top K for both directions). Prints seconds and the ra
     .venv/bin/python bench/bench_tgdt.py --sizes 1000 5000 --threads 2
 """
 import argparse, time
+from common import timed
 import torch, torch.nn.functional as F
 from itr_nb.tgdt import local_sim, two_stage
 
@@ -22,12 +23,6 @@ def features(n_img, n_cap, R, W, d, seed=0):
     return dict(x=nrm(n_img, d), y=nrm(n_cap, d), img_tokens=nrm(n_img, R, d), img_mask=torch.ones(n_img, R, dtype=torch.bool),
                 txt_tokens=nrm(n_cap, W, d) * tm[..., None], txt_mask=tm)
 
-
-def timed(f, repeat):
-    best = float('inf')
-    for _ in range(repeat):
-        t0 = time.perf_counter(); r = f(); best = min(best, time.perf_counter() - t0)
-    return best, r
 
 
 def main():
