@@ -142,16 +142,21 @@ def cache_image_features(model:DualEncoder, data:SplitData, cache_dir=None, batc
 # %% ../nbs/08_retrieval.ipynb #fd891d1d
 def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train_cfg, objective:nn.Module|None=None,
                     batch_size:int=128, per_caption:bool=False, out_dir=None, progress:bool=True, model:nn.Module|None=None,
-                    cache_dir=None, resume:bool=False): # resume: carry on from out_dir/last.safetensors (see `fit`)
+                    cache_dir=None, resume:bool=False, # resume: carry on from out_dir/last.safetensors (see `fit`)
+                    model_config:dict|None=None, # what checkpoints record to rebuild the model (default: `model_cfg`)
+                    batch_fn=None): # batch_fn(batch, epoch) -> batch, applied to every training batch (e.g. a text augmentation)
     "Train a dual encoder on `train`, choosing the best epoch on `val`; returns (model, objective, history)."
     from itr_nb.train import fit, load_checkpoint
     model = model or build_model(model_cfg, train_cfg.seed)
+    model_config = model_config or asdict(model_cfg)
     if model_cfg.freeze_image:
         for d in (train, val): cache_image_features(model, d, cache_dir)
     objective = objective or ContrastiveObjective()
-    batches = lambda ep: pair_batches(train, batch_size, ep, train_cfg.seed, per_caption)
+    def batches(ep):
+        it = pair_batches(train, batch_size, ep, train_cfg.seed, per_caption)
+        return it if batch_fn is None else (batch_fn(b, ep) for b in it)
     hist = fit(model, objective, batches, steps_per_epoch(train, batch_size, per_caption),
-               lambda m: evaluate_split(m, val, uni=False), train_cfg, out_dir, asdict(model_cfg), progress, resume=resume)
+               lambda m: evaluate_split(m, val, uni=False), train_cfg, out_dir, model_config, progress, resume=resume)
     if out_dir and (Path(out_dir)/'best.safetensors').exists():
-        load_checkpoint(Path(out_dir)/'best.safetensors', dict(model=model, loss=objective), asdict(model_cfg))
+        load_checkpoint(Path(out_dir)/'best.safetensors', dict(model=model, loss=objective), model_config)
     return model, objective, hist

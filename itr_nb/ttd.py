@@ -19,11 +19,11 @@ from .losses import ContrastiveLoss
 from .retrieval import SplitData, ModelConfig, pair_batches, steps_per_epoch, embed_split, evaluate_split
 
 # %% auto #0
-__all__ = ['STOP_WORDS', 'THETAS', 'THRESHOLDS', 'caption_tags', 'pad_tags', 'TagTruth', 'load_tag_truth', 'encode_dense',
-           'similarity_maps', 'pixel_scores', 'image_scores', 'minmax_tags', 'select_tags', 'selection_metrics',
-           'selection_auc', 'choose_theta', 'normalise_maps', 'mask_iou', 'embed_tags', 'dense_eval', 'dense_summary',
-           'ttd_targets', 'TTDObjective', 'add_lora', 'build_ttd_model', 'ttd_validate', 'train_ttd', 'example_maps',
-           'plot_examples', 'load_ttd_model', 'ttd_arguments', 'ttd_command']
+__all__ = ['STOP_WORDS', 'THETAS', 'THRESHOLDS', 'caption_tags', 'pad_tags', 'short_text_batch_fn', 'TagTruth', 'load_tag_truth',
+           'encode_dense', 'similarity_maps', 'pixel_scores', 'image_scores', 'minmax_tags', 'select_tags',
+           'selection_metrics', 'selection_auc', 'choose_theta', 'normalise_maps', 'mask_iou', 'embed_tags',
+           'dense_eval', 'dense_summary', 'ttd_targets', 'TTDObjective', 'add_lora', 'build_ttd_model', 'ttd_validate',
+           'train_ttd', 'example_maps', 'plot_examples', 'load_ttd_model', 'ttd_arguments', 'ttd_command']
 
 # %% ../nbs/11_ttd.ipynb #a9c6868d
 STOP_WORDS = frozenset('a an the of to on in at by for from with and or but is are was were be been it its this that these '
@@ -46,6 +46,16 @@ def pad_tags(tags:list) -> tuple:
     for c, ts in enumerate(tags):
         idx[c, :len(ts)] = torch.tensor([pos[t] for t in ts], dtype=torch.long); valid[c, :len(ts)] = True
     return vocab, idx, valid
+
+# %% ../nbs/11_ttd.ipynb #03fb1b4d
+def short_text_batch_fn(p:float=0.3, # probability that a caption is replaced by one of its words
+                        seed:int=0, stop_words=True): # words never drawn (default: `STOP_WORDS`)
+    "A `batch_fn` for `train_retrieval`: each caption, with probability `p`, becomes one of its tag words (reproducible per seed, epoch and batch)."
+    def fn(batch:dict, epoch:int) -> dict:
+        g = np.random.default_rng([seed, epoch, int(batch['cap_idx'][0])])
+        caps = [c if (ws := caption_tags(c, stop_words)) == [] or g.random() >= p else ws[g.integers(len(ws))] for c in batch['captions']]
+        return batch | dict(captions=caps)
+    return fn
 
 # %% ../nbs/11_ttd.ipynb #a8266289
 @dataclass

@@ -138,10 +138,14 @@ def test_dense_eval_caption_iou_brute_force(tiny):
 def test_template_papermill(tiny, tmp_path):
     from itr_nb.experiment import run_template
     st = run_template('ttd', dict(dataset=str(tiny/'dataset.json'), image_size=32, dim=32, epochs=1, ttd_epochs=1, batch_size=32,
-                                  n_examples=2, device='cpu'), out_dir=tmp_path/'run', progress=False)
+                                  n_examples=2, device='cpu', short_text_p=0.5), out_dir=tmp_path/'run', progress=False)
     assert st['status'] == 'ok', st
     m = json.loads((tmp_path/'run'/'metrics.json').read_text())
     for k in ('before_image_f1', 'before_pixel_f1', 'after_pixel_f1', 'before_cap_miou', 'after_cap_miou', 'after_rsum',
               'before_dominant_object_share', 'before_single_tag_share_image'):
         assert k in m and (math.isnan(m[k]) or m[k] >= 0)
     assert (tmp_path/'run'/'examples.png').exists() and (tmp_path/'run'/'table.md').exists()
+    # the baseline's per-epoch checkpoint records the image encoder's widths too, so it loads as a TTD baseline
+    from itr_nb.ttd import load_ttd_model
+    a, b = (load_ttd_model(tmp_path/'run'/p).state_dict() for p in ('baseline/best.safetensors', 'baseline.safetensors'))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
