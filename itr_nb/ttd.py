@@ -203,7 +203,8 @@ def dense_eval(model:DualEncoder, data:SplitData, truth:TagTruth, argmax_only:bo
         cap_obj[c, [k + 1 for k in co]] = True
     th = torch.as_tensor(np.asarray(thresholds), dtype=torch.float32)
     out = dict(image=torch.zeros(C, T), pixel=torch.zeros(C, T), cap_inter=torch.zeros(C, len(th)), cap_union=torch.zeros(C, len(th)),
-               tag_inter=torch.zeros(C, T, len(th)), tag_union=torch.zeros(C, T, len(th)), balance=torch.full((C,), math.nan))
+               tag_inter=torch.zeros(C, T, len(th)), tag_union=torch.zeros(C, T, len(th)), true_inter=torch.zeros(C, len(th)),
+               true_union=torch.zeros(C, len(th)), balance=torch.full((C,), math.nan))
     for b in range(0, data.n_images, batch_size):
         i = torch.arange(b, min(b + batch_size, data.n_images))
         r = encode_dense(model, data.images[i].float().div_(255).to(dev))
@@ -218,9 +219,11 @@ def dense_eval(model:DualEncoder, data:SplitData, truth:TagTruth, argmax_only:bo
         lab = F.one_hot(truth.masks[t2i[c]].long(), K).bool()                           # [c,S,S,K]
         cm = (lab & cap_obj[c][:, None, None]).any(-1)                                  # caption's true mask
         tm = torch.einsum('cxyk,ctk->ctxy', lab.float(), tag_obj[c].float()) > 0         # each tag's true mask
+        tu = (tag * tag_obj[c].any(-1)[..., None, None]).amax(1)                         # union of the true tags' maps
         for k, v in enumerate(th):
             p = cap >= v; out['cap_inter'][c, k] = (p & cm).sum((-2, -1)).float(); out['cap_union'][c, k] = (p | cm).sum((-2, -1)).float()
             p = tag >= v; out['tag_inter'][c, :, k] = (p & tm).sum((-2, -1)).float(); out['tag_union'][c, :, k] = (p | tm).sum((-2, -1)).float()
+            p = tu >= v; out['true_inter'][c, k] = (p & cm).sum((-2, -1)).float(); out['true_union'][c, k] = (p | cm).sum((-2, -1)).float()
         resp = torch.einsum('cxy,cxyk->ck', cap, lab.float()) / lab.sum((1, 2)).clamp_min(1)   # mean response per object
         resp = resp.masked_fill(~cap_obj[c], math.nan)[:, 1:]
         multi = cap_obj[c][:, 1:].sum(1) >= 2
@@ -236,7 +239,7 @@ def _tag_miou(ev, k) -> float:
     inter = np.bincount(w, ev['tag_inter'][..., k][m].numpy(), n); union = np.bincount(w, ev['tag_union'][..., k][m].numpy(), n)
     return float(100 * np.mean(inter[union > 0] / union[union > 0])) if (union > 0).any() else math.nan
 
-def _cap_miou(ev, k) -> float: return float(100 * (ev['cap_inter'][:, k] / ev['cap_union'][:, k].clamp_min(1)).mean())
+def _cap_miou(ev, k, key='cap') -> float: return float(100 * (ev[f'{key}_inter'][:, k] / ev[f'{key}_union'][:, k].clamp_min(1)).mean())
 
 def dense_summary(val:dict, test:dict, theta:dict|None=None) -> dict:
     "Test-split numbers with thresholds chosen on `val` (or given in `theta` as {'image': .., 'pixel': ..})."
@@ -252,9 +255,11 @@ def dense_summary(val:dict, test:dict, theta:dict|None=None) -> dict:
         out[f'single_tag_share_{s}'] = float(100 * ((sel & test['truth']).sum(1)[multi] <= 1).float().mean()) if multi.any() else math.nan
     kc = int(np.nanargmax([_cap_miou(val, k) for k in range(len(val['thresholds']))]))
     kt = int(np.nanargmax([_tag_miou(val, k) for k in range(len(val['thresholds']))]))
+    ku = int(np.nanargmax([_cap_miou(val, k, 'true') for k in range(len(val['thresholds']))]))
     b = test['balance'][~test['balance'].isnan()]
     return out | dict(cap_miou=_cap_miou(test, kc), cap_mask_threshold=float(val['thresholds'][kc]),
                       tag_miou=_tag_miou(test, kt), tag_mask_threshold=float(val['thresholds'][kt]),
+                      true_union_miou=_cap_miou(test, ku, 'true'),
                       object_balance=float(b.mean()) if len(b) else math.nan,
                       dominant_object_share=float(100 * (b < 0.5).float().mean()) if len(b) else math.nan)
 

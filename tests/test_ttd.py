@@ -133,6 +133,17 @@ def test_dense_eval_caption_iou_brute_force(tiny):
             for k, th in enumerate([0.3, 0.6]):
                 p = (cap >= th).numpy()
                 assert ev['cap_inter'][c, k].item() == (p & true).sum() and ev['cap_union'][c, k].item() == (p | true).sum()
+            # the union of the true tags' maps, one tag at a time, against the caption's mask
+            words = [t for t, o in zip(tr.tags[c], tr.objects[c]) if o]
+            assert words, 'every benchmark caption names an object'
+            union = torch.zeros(32, 32)
+            for w in words:
+                e = m.encode_text([w])['y']
+                a = torch.nn.functional.interpolate(torch.einsum('bhwd,bd->bhw', r['dense'], e)[:, None], (32, 32), mode='bilinear')[0, 0]
+                union = torch.maximum(union, (a - a.min()) / (a.max() - a.min()))
+            for k, th in enumerate([0.3, 0.6]):
+                p = (union >= th).numpy()
+                assert ev['true_inter'][c, k].item() == (p & true).sum() and ev['true_union'][c, k].item() == (p | true).sum()
 
 
 def test_template_papermill(tiny, tmp_path):
