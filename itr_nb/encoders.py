@@ -80,7 +80,7 @@ class SmallCNN(nn.Module):
 
 # %% ../nbs/04_encoders.ipynb #27644078
 class TimmImage(nn.Module):
-    "A timm model as an image encoder: pooled pre-logits feature + final feature map or patch tokens."
+    "A timm model as an image encoder: pooled pre-logits feature + final feature map or patch tokens; `dense` for ViTs."
     def __init__(self, name:str, # timm model name
                  weights=None, # local checkpoint file; None = from scratch
                  **kw): # passed to `timm.create_model`
@@ -96,12 +96,24 @@ class TimmImage(nn.Module):
         self.register_buffer('mean', torch.tensor(cfg.get('mean', (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(cfg.get('std', (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False)
         self.dim = self.token_dim = self.model.num_features
+        blocks = getattr(self.model, 'blocks', None)
+        self.maskclip = blocks is not None and hasattr(getattr(blocks[-1], 'attn', None), 'qkv')  # a ViT: MaskCLIP applies
 
     def forward(self, x:Tensor) -> EncoderOutput:
         f = self.model.forward_features((x - self.mean) / self.std)
         g = self.model.forward_head(f, pre_logits=True)
         t = f.flatten(2).transpose(1, 2) if f.ndim == 4 else f[:, getattr(self.model, 'num_prefix_tokens', 0):]
         return EncoderOutput(g, t)
+
+    def dense(self, x:Tensor) -> Tensor:
+        "MaskCLIP patch features of a ViT, [B, h*w, dim]: the last block's value path and output projection, then the final norm."
+        if not self.maskclip: raise ItrError(f"{getattr(self, 'spec', type(self.model).__name__)}: MaskCLIP needs a ViT (for other models the feature map is the dense features)")
+        m = self.model
+        h = m.blocks[:-1](m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed((x - self.mean) / self.std)))))  # input of the last block
+        blk = m.blocks[-1]; a = blk.attn
+        v = a.qkv(blk.norm1(h)).unflatten(-1, (3, -1))[..., 2, :]     # values only: no query-key attention
+        v = blk.ls1(a.proj(a.norm(v)))                                  # output projection; no residual, no MLP
+        return m.fc_norm(m.norm(v))[:, m.num_prefix_tokens:]
 
 # %% ../nbs/04_encoders.ipynb #a2aff9f1
 class EfficientNetLite0(nn.Module):

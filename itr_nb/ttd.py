@@ -100,9 +100,9 @@ def load_tag_truth(dataset, data:SplitData, stop_words=None) -> TagTruth:
 
 # %% ../nbs/11_ttd.ipynb #00e46372
 def encode_dense(model:DualEncoder, images:Tensor) -> dict:
-    "x [B,d] and dense features [B,h,w,d] (unit norm, joint space): MaskCLIP for CLIP towers, the projected grid otherwise."
+    "x [B,d] and dense features [B,h,w,d] (unit norm, joint space): MaskCLIP for CLIP and ViT towers, the projected grid otherwise."
     r, enc = model.encode_image(images), model.image_enc
-    if isinstance(enc, CLIPImage):
+    if isinstance(enc, CLIPImage) or getattr(enc, 'maskclip', False):
         with torch.no_grad() if model.frozen['image_enc'] else torch.enable_grad():
             d = enc.dense(images)
         f = F.normalize(model.img_head(model.img_proj(d)), dim=-1)

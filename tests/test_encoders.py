@@ -37,6 +37,24 @@ def test_timm_tiny_shapes():
     o = r(torch.rand(2, 3, 64, 64))
     assert o.global_.shape == (2, 512) and o.tokens.shape == (2, 4, 512)   # stride 32: 2x2 grid
 
+def test_timm_vit_maskclip_dense_by_hand():
+    "MaskCLIP on a timm ViT against the weights written out: the last block's input (caught in timm's own forward), LayerNorm, value rows of qkv, proj, final norm."
+    import torch.nn.functional as F
+    vit = image_encoder('timm:vit_tiny_patch16_224', img_size=32, depth=2).eval()
+    m, x, seen = vit.model, torch.rand(2, 3, 32, 32), {}
+    hook = m.blocks[-1].register_forward_pre_hook(lambda mod, args: seen.setdefault('h', args[0]))
+    with torch.no_grad(): tokens, d = vit(x).tokens, vit.dense(x)
+    hook.remove()
+    blk, C = m.blocks[-1], m.embed_dim
+    with torch.no_grad():
+        y = F.layer_norm(seen['h'], (C,), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
+        v = y @ blk.attn.qkv.weight[2 * C:].T + blk.attn.qkv.bias[2 * C:]
+        o = v @ blk.attn.proj.weight.T + blk.attn.proj.bias
+        ref = F.layer_norm(o, (C,), m.norm.weight, m.norm.bias, m.norm.eps)[:, 1:]       # class token dropped
+    assert d.shape == (2, 4, C) and torch.allclose(d, ref, atol=1e-5)
+    assert not torch.allclose(d, tokens, atol=1e-3)           # not the ordinary tokens: no attention mixing, no residual
+    with pytest.raises(ItrError, match='MaskCLIP needs a ViT'): image_encoder('timm:resnet10t').dense(torch.rand(1, 3, 64, 64))
+
 def test_timm_weights_from_local_file(tmp_path):
     from safetensors.torch import save_file
     a = image_encoder('timm:resnet10t')
