@@ -44,4 +44,8 @@ def test_embeddings_do_not_depend_on_batching(tiny_benchmark):
     te = load_split(tiny_benchmark, 'test', 32, progress=False)
     model = build_model(ModelConfig(dim=16), seed=1).eval()
     a, b = embed_split(model, te, batch_size=7), embed_split(model, te, batch_size=1000)
-    for k in a: assert torch.allclose(a[k], b[k], atol=1e-5), k
+    # float32 (embed_split feeds float32 images): batches of 7 and of the whole split pad captions to other lengths and
+    # may take other kernels, so each coordinate of a unit vector differs by rounding only. A worst-case bound for one
+    # of the network's dot products of n <= 1,152 terms is n * 2^-24 ~ 7e-5 of their absolute sum; the tolerance
+    # takes that bound for the whole forward. A padding leak or a reordering bug moves coordinates by ~1e-1.
+    for k in a: assert (a[k] - b[k]).abs().max() <= 1152 * 2.0**-24, k
