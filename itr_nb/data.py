@@ -112,7 +112,7 @@ def load_karpathy(path, image_root=None) -> KarpathyData:
     "Read a Karpathy-format split file; images are looked up under `image_root` (default: the file's folder)."
     return KarpathyData(path, image_root)
 
-# %% ../nbs/01_data.ipynb #07176171
+# %% ../nbs/01_data.ipynb #7373cb06
 _RESIZE, _OFFSETS, _INTERP = ('squash', 'crop'), ('round', 'floor'), ('bicubic', 'bilinear')
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class Preprocess:
     def target(self) -> int: return self.short_side or self.size
     def key(self) -> dict: return asdict(self)
 
-# %% ../nbs/01_data.ipynb #0f10ab36
+# %% ../nbs/01_data.ipynb #41f2b9cf
 try: import simplejpeg
 except ImportError: simplejpeg = None
 
@@ -150,13 +150,15 @@ def to_rgb(im:Image.Image) -> Image.Image:
 def decode_rgb(data:bytes, draft_to:int=0) -> np.ndarray:
     "Image bytes as RGB uint8 [H, W, 3]; `draft_to` > 0 lets a JPEG decode at a reduced scale that keeps both sides >= it."
     if data[:3] == b'\xff\xd8\xff' and simplejpeg is not None and not draft_to:
-        try: return simplejpeg.decode_jpeg(data, 'RGB')
-        except ValueError: pass            # CMYK, or damaged: Pillow decides below
+        try:
+            if simplejpeg.decode_jpeg_header(data)[2] in ('YCbCr', 'Gray'): return simplejpeg.decode_jpeg(data, 'RGB')
+        except ValueError: pass            # damaged: Pillow decides below
+    # anything else (CMYK and YCCK JPEGs too: Pillow's conversion is what the libraries see)
     with Image.open(io.BytesIO(data)) as im:
         if draft_to and im.format == 'JPEG': im.draft('RGB', (draft_to, draft_to))
         return np.array(to_rgb(im))      # a writable copy (torch refuses read-only arrays)
 
-# %% ../nbs/01_data.ipynb #c6ef1420
+# %% ../nbs/01_data.ipynb #996c67f1
 def resized_shape(h:int, w:int, p:Preprocess) -> tuple:
     "(height, width) after the resize step: shorter side to `p.target` keeping the ratio ('crop'), or the square ('squash')."
     t = p.target
@@ -175,7 +177,7 @@ def preprocess_image(x, p:Preprocess) -> torch.Tensor:
     top, left = _offset(out[0] - p.size, p.crop_offset), _offset(out[1] - p.size, p.crop_offset)
     return x[:, top:top + p.size, left:left + p.size].contiguous()
 
-# %% ../nbs/01_data.ipynb #29680eaa
+# %% ../nbs/01_data.ipynb #9d7c04c7
 def read_bytes(src) -> bytes:
     "The bytes of `src`: a path, or (path, offset, length) inside a larger file."
     if isinstance(src, (tuple, list)):
@@ -202,7 +204,7 @@ def read_image(path, size:int|None=None, resize:str='squash') -> torch.Tensor:
         return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255)
     return load_image(path, Preprocess(size, resize)).float().div_(255)
 
-# %% ../nbs/01_data.ipynb #61b1b9c1
+# %% ../nbs/01_data.ipynb #32d59f71
 AUGMENTS = ('none', 'crop', 'crop+flip')
 
 def augment_seed(seed:int, epoch:int, item:int) -> int:

@@ -25,7 +25,7 @@ from .metrics import evaluate
 __all__ = ['tower_preprocess', 'image_preprocess', 'ModelConfig', 'build_model', 'ContrastiveObjective', 'embed_split',
            'evaluate_split', 'cache_image_features', 'train_retrieval']
 
-# %% ../nbs/08_retrieval.ipynb #9eaf83b1
+# %% ../nbs/08_retrieval.ipynb #ba662733
 _DEFAULT_TOWER = dict(size=64, short_side=0, crop_offset='round', interpolation='bicubic', pretrained=False)
 
 def tower_preprocess(spec:str) -> dict:
