@@ -170,7 +170,7 @@ def _offset(margin:int, how:str) -> int: return int(round(margin / 2.0)) if how 
 def preprocess_image(x, p:Preprocess) -> torch.Tensor:
     "RGB uint8 [H, W, 3] array (or [3, H, W] tensor) -> uint8 [3, size, size]: resize, then centre crop."
     import torchvision.transforms.v2.functional as tvF
-    x = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1) if isinstance(x, np.ndarray) else x
+    if isinstance(x, np.ndarray): x = torch.from_numpy(x if x.flags.writeable and x.flags.c_contiguous else np.array(x)).permute(2, 0, 1)
     (h, w), out = x.shape[-2:], resized_shape(*x.shape[-2:], p)
     if (h, w) != out:
         x = tvF.resize(x, list(out), interpolation=getattr(tvF.InterpolationMode, p.interpolation.upper()), antialias=True)

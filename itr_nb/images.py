@@ -74,7 +74,10 @@ class ImageStore:
             out = np.empty(self.item_shape, np.uint8); self._read(out, i); return torch.from_numpy(out)
         if isinstance(idx, slice):
             a, b, step = idx.indices(self.n)
-            if step == 1: out = np.empty((max(b - a, 0), *self.item_shape), np.uint8); out.size and self._read(out, a); return torch.from_numpy(out)
+            if step == 1:
+                out = np.empty((max(b - a, 0), *self.item_shape), np.uint8)
+                if len(out): self._read(out, a)
+                return torch.from_numpy(out)
             idx = np.arange(a, b, step)
         idx = np.asarray(idx.cpu() if torch.is_tensor(idx) else idx, dtype=np.int64).reshape(-1)
         idx = np.where(idx < 0, idx + self.n, idx)
@@ -89,7 +92,9 @@ class ImageStore:
 
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k not in ('_fd', '_pid')} | {'_fd': None, '_pid': None}
     def __del__(self):
-        if getattr(self, '_fd', None) is not None and self._pid == os.getpid(): os.close(self._fd)
+        try:
+            if self._fd is not None and self._pid == os.getpid(): os.close(self._fd)
+        except Exception: pass            # interpreter shutdown
     def __repr__(self): return f"ImageStore({self.n} x {self.item_shape} uint8 in {self.path.name})"
 
 # %% ../nbs/01a_images.ipynb #ccea0210
