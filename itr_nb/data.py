@@ -10,7 +10,7 @@ from __future__ import annotations
 import io, math, os, re, string
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-import numpy as np, torch
+import numpy as np, torch, torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from .core import ItrError, load_json
@@ -169,11 +169,10 @@ def _offset(margin:int, how:str) -> int: return int(round(margin / 2.0)) if how 
 
 def preprocess_image(x, p:Preprocess) -> torch.Tensor:
     "RGB uint8 [H, W, 3] array (or [3, H, W] tensor) -> uint8 [3, size, size]: resize, then centre crop."
-    import torchvision.transforms.v2.functional as tvF
     if isinstance(x, np.ndarray): x = torch.from_numpy(x if x.flags.writeable and x.flags.c_contiguous else np.array(x)).permute(2, 0, 1)
     (h, w), out = x.shape[-2:], resized_shape(*x.shape[-2:], p)
     if (h, w) != out:
-        x = tvF.resize(x, list(out), interpolation=getattr(tvF.InterpolationMode, p.interpolation.upper()), antialias=True)
+        x = F.interpolate(x[None], size=out, mode=p.interpolation, antialias=True, align_corners=False)[0]
     top, left = _offset(out[0] - p.size, p.crop_offset), _offset(out[1] - p.size, p.crop_offset)
     return x[:, top:top + p.size, left:left + p.size].contiguous()
 
@@ -213,7 +212,6 @@ def augment_seed(seed:int, epoch:int, item:int) -> int:
 
 def augment_image(x:torch.Tensor, mode:str, g:torch.Generator, scale=(0.9, 1.0), ratio=(3/4, 4/3)) -> torch.Tensor:
     "uint8 [3, S, S] -> a random-resized crop back to S x S (and a coin-flip mirror for 'crop+flip'), drawn from `g`."
-    import torchvision.transforms.v2.functional as tvF
     if mode not in AUGMENTS: raise ItrError(f"augment must be one of {AUGMENTS}, got {mode!r}")
     if mode == 'none': return x
     H, W = x.shape[-2:]
@@ -227,7 +225,7 @@ def augment_image(x:torch.Tensor, mode:str, g:torch.Generator, scale=(0.9, 1.0),
             o = torch.rand(2, generator=g).tolist()
             top, left, h, w = int(o[0] * (H - ch + 1)), int(o[1] * (W - cw + 1)), ch, cw
             break
-    x = tvF.resized_crop(x, top, left, h, w, [H, W], interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+    x = F.interpolate(x[None, :, top:top + h, left:left + w], size=(H, W), mode='bicubic', antialias=True, align_corners=False)[0]
     if mode == 'crop+flip' and torch.rand(1, generator=g).item() < 0.5: x = x.flip(-1)
     return x
 
