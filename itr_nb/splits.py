@@ -201,7 +201,6 @@ def images_arguments(p:argparse.ArgumentParser):
     a('--size', type=int, default=0, help="square side in pixels (0: the image encoder's own; 64 for from-scratch ones)")
     a('--resize', default='auto', choices=['auto', 'crop', 'squash'], help="auto: crop for pretrained towers, squash for from-scratch ones")
     a('--image-encoder', default='small-cnn', help='the tower the runs use (its preprocessing: size, crop, rounding, interpolation)')
-    a('--draft', action='store_true', help='decode large JPEGs at reduced scale (faster, not bit-equal to the library transform)')
     a('--workers', type=int, default=os.cpu_count() or 1, help='decoding processes')
     a('--limit', type=int, default=0, help='only the first N images')
     a('--cache-dir', default=None, help='image cache folder (default data/cache/images)')
@@ -210,7 +209,7 @@ def images_command(args) -> int:
     "Decode a split into the image cache (or find it there); print where it is."
     import time
     from itr_nb.retrieval import image_preprocess     # the towers' preprocessing lives above the data layer
-    p = image_preprocess(args.image_encoder, args.size, args.resize, draft=args.draft)
+    p = image_preprocess(args.image_encoder, args.size, args.resize)
     t0 = time.perf_counter()
     d = load_split(args.dataset, args.split, join_restval=args.split == 'train', limit=args.limit, image_root=args.image_root or None,
                    preprocess=p, workers=args.workers, progress=True, cache_dir=args.cache_dir)
