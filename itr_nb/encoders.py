@@ -145,8 +145,11 @@ class CLIPImage(nn.Module):
         with hf_quiet(): self.model = CLIPVisionModelWithProjection.from_pretrained(p, config=clip_tower_config(p, 'vision'))
         c = self.model.config
         self.dim, self.token_dim, self.patch, self.size = c.projection_dim, c.hidden_size, c.patch_size, c.image_size
-        self.register_buffer('mean', torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1), persistent=False)
+        mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]   # OpenAI's, unless the saved processor says otherwise
+        if (p/'preprocessor_config.json').exists():
+            ip = json.loads((p/'preprocessor_config.json').read_text()); mean, std = ip.get('image_mean', mean), ip.get('image_std', std)
+        self.register_buffer('mean', torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def _run(self, x, **kw):
         return self.model(pixel_values=(x - self.mean) / self.std, interpolate_pos_encoding=x.shape[-1] != self.size, **kw)
