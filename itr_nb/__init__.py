@@ -2,6 +2,7 @@
 
 Modules:
 
+- `itr_nb.claims`: Each paper's claim as a paired comparison of two arms over seeds, with a 95% interval bootstrapped over test queries within seeds and over seeds, and a verdict fixed in advance: shown, contradicted, or not shown.
 - `itr_nb.cusa`: CUSA (Huang et al., AAAI 2024): frozen uni-modal teachers give soft labels over the batch; the student's cross-modal (CSA) and uni-modal (USA) similarity distributions are pulled toward them (METHODS.md section 2).
 - `itr_nb.data`: Karpathy-format split files (Flickr30K, COCO, the embedded benchmark), caption preprocessing, image decoding and preprocessing as the models expect it, and PyTorch datasets.
 - `itr_nb.distributed`: Training on several processes with torchrun: DistributedDataParallel, each global batch cut into one share per process, negatives gathered across processes and CUSA's teacher soft labels computed on the gathered batch.
