@@ -16,9 +16,10 @@ from .core import ItrError, atomic_write, save_json, load_json, save_relevance, 
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'TEXTURES', 'ATTRS', 'RADIUS', 'RELATIONS', 'MARGIN', 'SYN', 'GENERIC', 'NUMBERS',
            'STOP', 'P_ATTR', 'BITS', 'N_ENTITIES', 'P_RELATION', 'P_COUNT', 'SS', 'MAX_TURN', 'VERSION', 'SPLITS',
-           'related', 'caption_facts', 'holds', 'describes', 'make_scene', 'make_caption', 'caption_text',
-           'make_captions', 'scene_arrays', 'relevant_images', 'render_scene', 'make_image', 'relevance',
-           'build_benchmark', 'ensure_benchmark', 'positives_summary', 'synth_arguments', 'synth_command']
+           'PRETRAIN_OFFSET', 'related', 'caption_facts', 'holds', 'describes', 'make_scene', 'make_caption',
+           'caption_text', 'make_captions', 'scene_arrays', 'relevant_images', 'render_scene', 'make_image',
+           'relevance', 'build_benchmark', 'ensure_benchmark', 'build_pretrain', 'ensure_pretrain', 'positives_summary',
+           'synth_arguments', 'synth_command']
 
 # %% ../nbs/02_synth.ipynb #6194e363
 SHAPES = ['circle', 'square', 'triangle', 'diamond', 'pentagon', 'hexagon', 'star', 'cross', 'ring', 'heart']
@@ -386,6 +387,50 @@ def ensure_benchmark(out_dir=None, **kw) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (out/'meta.json').exists() and load_json(out/'meta.json') == want: return out
         return build_benchmark(out, **args, **gen)
+
+# %% ../nbs/02_synth.ipynb #c560a417
+PRETRAIN_OFFSET = 10**6  # image ids of the pretraining split start here: streams the benchmark (ids < n_train + n_val + n_test) never draws
+
+def _make_pretrain(job):
+    seed, imgid, size, n_captions, path = job
+    scene, caps, img, _ = make_image(seed, imgid, size, n_captions)
+    Image.fromarray(img).save(path, format='PNG')
+    return [caption_text(c)[0] for c in caps]
+
+def build_pretrain(out_dir, n_images:int=40000, seed:int=0, image_size:int=64, captions_per_image:int=5,
+                   workers:int=2, progress:bool=True) -> Path:
+    "Write a pretraining corpus (images/, dataset.json with one 'train' split, meta.json) disjoint from the benchmark."
+    if int(n_images) != n_images or n_images < 1: raise ItrError(f"synth: n_images must be a positive integer, got {n_images!r}")
+    final = Path(out_dir); final.parent.mkdir(parents=True, exist_ok=True)
+    out = final.parent/f'.{final.name}.building-{os.getpid()}'
+    shutil.rmtree(out, ignore_errors=True); (out/'images').mkdir(parents=True)
+    jobs = [(seed, PRETRAIN_OFFSET + i, image_size, captions_per_image, out/'images'/f'{i:06d}.png') for i in range(n_images)]
+    with _pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        it = pool.imap(_make_pretrain, jobs, chunksize=64) if workers > 1 else map(_make_pretrain, jobs)
+        caps = list(tqdm(it, total=n_images, desc='synth pretraining images', disable=not progress))
+    images = [dict(filepath='images', filename=f'{i:06d}.png', imgid=PRETRAIN_OFFSET + i, split='train',
+                   sentences=[dict(raw=r) for r in cs]) for i, cs in enumerate(caps)]
+    _dump(dict(dataset='synth-pretrain', images=images), out/'dataset.json')
+    save_json(_pretrain_meta(seed, n_images, image_size, captions_per_image), out/'meta.json')
+    old = final.parent/f'.{final.name}.old-{os.getpid()}'
+    if final.exists(): final.rename(old)
+    out.rename(final); shutil.rmtree(old, ignore_errors=True)
+    return final
+
+def _pretrain_meta(seed, n_images, image_size, captions_per_image):
+    return dict(generator='itr_nb.synth.pretrain', version=VERSION, seed=seed, n_images=n_images, offset=PRETRAIN_OFFSET,
+                image_size=image_size, captions_per_image=captions_per_image)
+
+def ensure_pretrain(out_dir=None, n_images:int=40000, seed:int=0, image_size:int=64, captions_per_image:int=5, **kw) -> Path:
+    "The pretraining split at `out_dir` (default data/synth_pretrain), built when missing or when its meta.json differs."
+    out = Path(out_dir) if out_dir is not None else data_root()/'synth_pretrain'
+    want = _pretrain_meta(seed, n_images, image_size, captions_per_image)
+    if (out/'meta.json').exists() and load_json(out/'meta.json') == want: return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent/f'.{out.name}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out/'meta.json').exists() and load_json(out/'meta.json') == want: return out
+        return build_pretrain(out, n_images, seed, image_size, captions_per_image, **kw)
 
 # %% ../nbs/02_synth.ipynb #fae00c0b
 def positives_summary(rel:dict, captions_per_image:int=5) -> dict:
