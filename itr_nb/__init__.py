@@ -12,7 +12,7 @@ Modules:
 - `itr_nb.retrieval`: The dual-encoder experiment in functions: a split in memory, training batches, the contrastive objective, embedding a split and evaluating it. Templates and methods (CUSA, TGDT, TTD) build on these.
 - `itr_nb.search`: Top-K retrieval over large galleries: a blocked matrix product for small ones, FAISS for large ones (an exact inner-product index by default; IVF or HNSW approximate indexes as options).
 - `itr_nb.tgdt`: TGDT (Liu et al., IEEE TIP 2023): one token-guided transformer per modality gives a global embedding and token embeddings; the CMC loss trains both; two-stage inference ranks by global vectors and re-ranks the top K with local token matching (METHODS.md section 3).
-- `itr_nb.train`: A training loop for dual encoders: AdamW with no decay on biases, norms and temperatures, cosine schedule, clipping, seeds, mixed precision on GPU, validation every epoch, the best checkpoint chosen on validation.
+- `itr_nb.train`: A training loop for dual encoders: AdamW with no decay on biases, norms and temperatures, cosine schedule, clipping, seeds, bf16 / fp16 / fp32 precision on GPU, validation every epoch, the best checkpoint chosen on validation.
 - `itr_nb.ttd`: Text-tag self-distillation (Jo et al., ECCV 2024): dense image-text maps, tag selection by pixel-tag scoring, and fine-tuning that pulls a caption's map toward the union of its selected tags' maps (METHODS.md section 4)."""
 
 __version__ = "0.1.0"

@@ -79,17 +79,18 @@ def steps_per_epoch(data:SplitData, batch_size:int, per_caption:bool=False, drop
 @dataclass
 class ModelConfig:
     "What the dual encoder is made of."
-    image_encoder: str = 'small-cnn'       # small-cnn | efficientnet-lite0 | timm:<name> | clip:<path>
-    text_encoder: str = 'small-transformer'  # small-transformer | minilm | hf:<path> | clip:<path>
+    image_encoder: str = 'small-cnn'       # small-cnn | efficientnet-lite0 | timm:<name> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint>
+    text_encoder: str = 'small-transformer'  # small-transformer | minilm | hf:<path> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint>
     dim: int = 128                          # joint embedding size
     freeze_image: bool = False
     freeze_text: bool = False
+    proj: bool = True                       # a Linear to `dim` before the heads; False: heads on the backbone embeddings (CUSA's official layout)
 
 def build_model(cfg:ModelConfig, seed:int=0) -> DualEncoder:
     "The dual encoder of `cfg`, initialised from `seed`."
     seed_everything(seed)
     return DualEncoder(image_encoder(cfg.image_encoder), text_encoder(cfg.text_encoder), cfg.dim,
-                       freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text)
+                       freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text, proj=cfg.proj)
 
 class ContrastiveObjective(nn.Module):
     "The baseline: multi-positive InfoNCE on the cross-modal heads (METHODS.md section 1)."

@@ -325,7 +325,7 @@ def build_ttd_model(cfg:ModelConfig, seed:int=0, image_kw:dict|None=None) -> Dua
     "`retrieval.build_model` with keyword arguments for the image encoder (e.g. small-cnn widths)."
     seed_everything(seed)
     return DualEncoder(image_encoder(cfg.image_encoder, **(image_kw or {})), text_encoder(cfg.text_encoder), cfg.dim,
-                       freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text)
+                       freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text, proj=cfg.proj)
 
 def ttd_validate(model:DualEncoder, val:SplitData, truth:TagTruth, theta:float, argmax_only:bool=False) -> dict:
     "Validation numbers for `fit`: retrieval metrics, caption mIoU at mask threshold 0.5, pixel-level tag F1 at `theta`."
