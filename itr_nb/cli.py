@@ -16,6 +16,7 @@ __all__ = ['COMMANDS', 'build_parser', 'main']
 COMMANDS = {  # name: (module, one-line help)
     'main':  ('itr_nb.experiment', "the workbook's main job: build the embedded benchmark if missing, train and evaluate"),
     'synth': ('itr_nb.synth',   'generate the embedded benchmark (images, captions, masks, exact relevance)'),
+    'images': ('itr_nb.splits', 'decode a split once into the image cache (data/cache/images) ahead of a sweep, with images/s'),
     'eval':  ('itr_nb.metrics', 'evaluate a similarity matrix (images x captions) against a ground truth'),
     'run':   ('itr_nb.experiment', 'run a papermill template notebook with parameters into runs/'),
     'sweep': ('itr_nb.experiment', 'run a grid of parameters and seeds and summarise it'),

@@ -11,7 +11,8 @@ import argparse, hashlib, json, re
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from .core import ItrError, data_root
+from .core import ItrError, data_root, get_device
+from .shards import ShardData
 from .encoders import EncoderOutput, image_encoder, text_encoder, cached_features, file_identity, local_path, hf_quiet
 from .losses import ContrastiveLoss, Temperature, gather_batch
 
@@ -131,7 +132,7 @@ class Teacher:
                  size:int|None=None, # image teacher input size (None: the split's own)
                  timm_weights:str|None=None): # local weights file for a 'timm:<name>' teacher
         if modality not in ('image', 'text'): raise ItrError(f"teacher modality must be 'image' or 'text', got {modality!r}")
-        self.modality, self.size, self.timm_weights, self._enc, self.calls = modality, size, timm_weights, None, 0
+        self.modality, self.size, self.timm_weights, self._enc, self.calls, self.device = modality, size, timm_weights, None, 0, torch.device('cpu')
         self.name = spec
         self.spec = f"{modality}-teacher:{spec}" + (f"@{size}px" if size and modality == 'image' else '') + (f"+{timm_weights}" if timm_weights else '')
 
@@ -144,8 +145,16 @@ class Teacher:
                 enc = HFImage(arg) if kind == 'hf' and arg else image_encoder(self.name, **({'weights': self.timm_weights} if self.timm_weights else {}))
             else:
                 enc = SentenceTransformerText(arg) if kind == 'st' and arg else text_encoder(self.name)
-            self._enc = enc.eval().requires_grad_(False)
+            self._enc = enc.eval().requires_grad_(False).to(self.device)
         return self._enc
+
+    def to(self, device) -> 'Teacher':
+        "Run the teacher on `device` (its model moves there when built, or now)."
+        self.device = torch.device(device)
+        if self._enc is not None: self._enc.to(self.device)
+        return self
+
+    def eval(self) -> 'Teacher': return self
 
     def __call__(self, batch) -> EncoderOutput:
         self.calls += 1
@@ -165,20 +174,26 @@ def split_identity(data, dataset) -> dict:
 
 def _slug(s:str) -> str: return re.sub(r'[^A-Za-z0-9.@+-]+', '_', s)[-80:]
 
-def teacher_features(data, # a `SplitData` (images in memory)
+def teacher_features(data, # a `SplitData` (images from the image cache, or in memory)
                      dataset, # its Karpathy JSON file (part of the cache key)
                      image_teacher='efficientnet-lite0', # spec or `Teacher`
                      text_teacher='minilm', # spec or `Teacher`
                      teacher_size:int|None=None, # image teacher input size (None: the split's)
                      cache_dir=None, # default data/cache/cusa
-                     batch_size:int=128, device='cpu', progress:bool=True) -> tuple:
+                     batch_size:int=128,
+                     device=None, # where the teachers run (default: the run's, CUDA when there is one)
+                     progress:bool=True) -> tuple:
     "Image [N_img,Di] and text [N_cap,Dt] teacher features of `data`, from the disk cache when it matches."
+    if isinstance(data, ShardData): raise ItrError("CUSA's teacher features are cached per image and caption of a split; streamed shards have none (alpha = beta = 0, or a Karpathy file)")
+    device = get_device(device or 'auto')
     it = image_teacher if isinstance(image_teacher, Teacher) else Teacher(image_teacher, 'image', teacher_size)
     tt = text_teacher if isinstance(text_teacher, Teacher) else Teacher(text_teacher, 'text')
     ident = split_identity(data, dataset)
     cache = Path(cache_dir) if cache_dir else data_root()/'cache'/'cusa'
     stem = f"{_slug(Path(dataset).resolve().parent.name)}_{data.split.name}{data.n_images}"
-    img = cached_features(it, ident | dict(image_size=data.images.shape[-1]), data.images, cache/f"{stem}_{_slug(it.spec)}.safetensors",
+    pre = getattr(data, 'preprocess', None)
+    # the image cache's uint8 rows stream to the teacher in batches (made float on `device`): no float copy of the split
+    img = cached_features(it, ident | dict(image_size=data.images.shape[-1], preprocess=pre.key() if pre else None), data.images, cache/f"{stem}_{_slug(it.spec)}.safetensors",
                           batch_size, tokens=False, device=device, desc='image teacher' if progress else None)
     order = np.argsort([len(c) for c in data.split.captions], kind='stable')   # similar lengths pad less
     txt = cached_features(tt, ident, [data.split.captions[j] for j in order], cache/f"{stem}_{_slug(tt.spec)}.safetensors",
@@ -223,6 +238,10 @@ def cusa_arguments(parser:argparse.ArgumentParser):
     a('--dataset', default='', help='Karpathy JSON (default: the embedded benchmark)')
     a('--split', default='val', help='split to encode (train includes restval)')
     a('--image-size', type=int, default=64, help='size the split is loaded at')
+    a('--image-root', default='', help="folder the JSON's image paths are relative to (default: the JSON's folder)")
+    a('--resize', default='squash', choices=['squash', 'crop'], help='squash to the square, or shorter side then centre crop')
+    a('--workers', type=int, default=0, help='processes decoding the split into the image cache')
+    a('--device', default='auto', help='where the teachers run: auto | cpu | cuda')
     a('--image-teacher', default='efficientnet-lite0', help='efficientnet-lite0 | timm:<name> | clip:<path> | open_clip:<folder> | hf:<path>')
     a('--text-teacher', default='minilm', help='minilm | st:<path> | hf:<path> | clip:<path> | open_clip:<folder>')
     a('--teacher-size', type=int, nargs='+', default=[64], help='image teacher input size(s)')
@@ -234,9 +253,10 @@ def cusa_command(args:argparse.Namespace) -> int:
     from itr_nb.synth import ensure_benchmark
     from itr_nb.retrieval import load_split
     ds = Path(args.dataset) if args.dataset else ensure_benchmark()/'dataset.json'
-    data = load_split(ds, args.split, args.image_size, join_restval=args.split == 'train')
+    data = load_split(ds, args.split, args.image_size, join_restval=args.split == 'train', image_root=args.image_root or None,
+                      resize=args.resize, workers=args.workers)
     for size in args.teacher_size:
-        fi, ft = teacher_features(data, ds, args.image_teacher, args.text_teacher, size, args.cache_dir)
+        fi, ft = teacher_features(data, ds, args.image_teacher, args.text_teacher, size, args.cache_dir, device=args.device)
         if data.rel: print(f"image teacher {args.image_teacher} at {size} px: i2i AUC {teacher_auc(fi, data.rel['i2i']):.3f}")
     if data.rel: print(f"text teacher {args.text_teacher}: t2t AUC {teacher_auc(ft, data.rel['t2t']):.3f}")
     for name, f in (('image', fi), ('text', ft)):

@@ -1,4 +1,5 @@
-"""Karpathy-format split files (Flickr30K, COCO, the embedded benchmark), caption preprocessing and PyTorch datasets.
+"""Karpathy-format split files (Flickr30K, COCO, the embedded benchmark), caption preprocessing, image decoding and
+preprocessing as the models expect it, and PyTorch datasets.
 
 Docs: https://itr-nb.github.io/itr_nb/data.html.md"""
 
@@ -6,17 +7,18 @@ Docs: https://itr-nb.github.io/itr_nb/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #029d32e8
 from __future__ import annotations
-import re, string
-from dataclasses import dataclass, field
+import io, math, os, re, string
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
-import numpy as np, torch
+import numpy as np, torch, torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from .core import ItrError, load_json
 
 # %% auto #0
-__all__ = ['preprocess_caption', 'Split', 'KarpathyData', 'load_karpathy', 'read_image', 'ImageDataset', 'CaptionDataset',
-           'PairDataset', 'check_images', 'load_images']
+__all__ = ['AUGMENTS', 'preprocess_caption', 'Split', 'KarpathyData', 'load_karpathy', 'Preprocess', 'to_rgb', 'decode_rgb',
+           'resized_shape', 'preprocess_image', 'read_bytes', 'load_image', 'read_image', 'augment_seed',
+           'augment_image', 'ImageDataset', 'CaptionDataset', 'PairDataset', 'check_images', 'load_images']
 
 # %% ../nbs/01_data.ipynb #164fae70
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -51,12 +53,22 @@ class Split:
     captions: list             # preprocessed captions
     txt2img: np.ndarray        # [n_captions] index of each caption's image within the split
     sentids: list = field(default_factory=list)  # the file's sentid of each caption (index if absent)
+    entries: list = field(default_factory=list)  # each image's position in the file's `images` list (for messages)
+    sources: list|None = None  # where each image's bytes are when not a file of its own: (file, offset, length)
 
     @property
     def img2txt(self) -> list:
         "Caption indices of each image."
         order = np.argsort(self.txt2img, kind='stable')
         return np.split(order, np.cumsum(np.bincount(self.txt2img, minlength=len(self.image_paths)))[:-1])
+
+    def head(self, n:int) -> Split:
+        "The first `n` images and their captions (caption order kept)."
+        if n >= len(self.image_paths): return self
+        keep = np.flatnonzero(self.txt2img < n)
+        pick = lambda xs: [xs[j] for j in keep] if xs else xs
+        return Split(self.name, self.image_paths[:n], self.imgids[:n], pick(self.raw_captions), pick(self.captions),
+                     self.txt2img[keep], pick(self.sentids), self.entries[:n], None if self.sources is None else self.sources[:n])
 
     def __repr__(self):
         return f"Split({self.name!r}: {len(self.image_paths)} images, {len(self.captions)} captions)"
@@ -89,7 +101,8 @@ class KarpathyData:
         t2i = np.repeat(np.arange(len(ims)), [len(ss) for ss in sents])
         sid = [s.get('sentid', k) for k, s in enumerate(s for ss in sents for s in ss)]
         return Split('+'.join(names), [self.image_path(im) for im in ims], [im['imgid'] for im in ims], raw,
-                     [preprocess_caption(r) for r in raw], t2i.astype(np.int64), sid)
+                     [preprocess_caption(r) for r in raw], t2i.astype(np.int64), sid,
+                     [k for k, im in enumerate(self.images) if im['split'] in names])
 
     def __repr__(self):
         n = {s: sum(im['split'] == s for im in self.images) for s in _SPLITS}
@@ -99,18 +112,122 @@ def load_karpathy(path, image_root=None) -> KarpathyData:
     "Read a Karpathy-format split file; images are looked up under `image_root` (default: the file's folder)."
     return KarpathyData(path, image_root)
 
-# %% ../nbs/01_data.ipynb #210bd58d
-def read_image(path, size:int|None=None) -> torch.Tensor:
-    "Load an image as float [3, H, W] in [0, 1], resized to `size` x `size` (bicubic) when given."
-    path = Path(path)
-    if not path.exists(): raise ItrError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im = im.convert('RGB')
-            if size is not None and im.size != (size, size): im = im.resize((size, size), Image.BICUBIC)
-            a = np.asarray(im, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e: raise ItrError(f"unreadable image {path}: {e}") from None
-    return torch.from_numpy(a).permute(2, 0, 1).float().div_(255)
+# %% ../nbs/01_data.ipynb #7373cb06
+_RESIZE, _OFFSETS, _INTERP = ('squash', 'crop'), ('round', 'floor'), ('bicubic', 'bilinear')
+
+@dataclass(frozen=True)
+class Preprocess:
+    "How an image becomes a square uint8 tensor: resize (antialiased), then the centre crop."
+    size: int = 64                # side of the square the model sees
+    resize: str = 'squash'        # 'crop': shorter side to `short_side`, centre crop; 'squash': both sides to `short_side`, centre crop
+    short_side: int = 0           # where the resize takes the (shorter) side first; 0: `size`
+    crop_offset: str = 'round'    # odd margins: 'round' as torchvision's CenterCrop, 'floor' as transformers' CLIPImageProcessor
+    interpolation: str = 'bicubic'  # 'bicubic' | 'bilinear' (timm's config says which)
+    draft: bool = False           # decode JPEGs at 1/2, 1/4 or 1/8 scale when still at least `short_side` (faster; not bit-equal)
+
+    def __post_init__(self):
+        if not isinstance(self.size, int) or self.size < 1: raise ItrError(f"image size must be a positive integer, got {self.size!r}")
+        for k, ok in (('resize', _RESIZE), ('crop_offset', _OFFSETS), ('interpolation', _INTERP)):
+            if getattr(self, k) not in ok: raise ItrError(f"{k} must be one of {ok}, got {getattr(self, k)!r}")
+        if self.short_side and self.short_side < self.size: raise ItrError(f"short_side {self.short_side} is below the size {self.size}")
+
+    @property
+    def target(self) -> int: return self.short_side or self.size
+    def key(self) -> dict: return asdict(self)
+
+# %% ../nbs/01_data.ipynb #41f2b9cf
+try: import simplejpeg
+except ImportError: simplejpeg = None
+
+def to_rgb(im:Image.Image) -> Image.Image:
+    "RGB `im`: transparency composited on white, grey and palette images converted."
+    if im.mode == 'RGB': return im
+    if 'A' in im.getbands() or 'transparency' in im.info:
+        im = im.convert('RGBA')
+        return Image.alpha_composite(Image.new('RGBA', im.size, (255, 255, 255, 255)), im).convert('RGB')
+    return im.convert('RGB')
+
+def decode_rgb(data:bytes, draft_to:int=0) -> np.ndarray:
+    "Image bytes as RGB uint8 [H, W, 3]; `draft_to` > 0 lets a JPEG decode at a reduced scale that keeps both sides >= it."
+    if data[:3] == b'\xff\xd8\xff' and simplejpeg is not None and not draft_to:
+        try:
+            if simplejpeg.decode_jpeg_header(data)[2] in ('YCbCr', 'Gray'): return simplejpeg.decode_jpeg(data, 'RGB')
+        except ValueError: pass            # damaged: Pillow decides below
+    # anything else (CMYK and YCCK JPEGs too: Pillow's conversion is what the libraries see)
+    with Image.open(io.BytesIO(data)) as im:
+        if draft_to and im.format == 'JPEG': im.draft('RGB', (draft_to, draft_to))
+        return np.array(to_rgb(im))      # a writable copy (torch refuses read-only arrays)
+
+# %% ../nbs/01_data.ipynb #996c67f1
+def resized_shape(h:int, w:int, p:Preprocess) -> tuple:
+    "(height, width) after the resize step: shorter side to `p.target` keeping the ratio ('crop'), or the square ('squash')."
+    t = p.target
+    if p.resize == 'squash' or h == w: return t, t
+    return (t, int(t * w / h)) if h < w else (int(t * h / w), t)
+
+def _offset(margin:int, how:str) -> int: return int(round(margin / 2.0)) if how == 'round' else margin // 2
+
+def preprocess_image(x, p:Preprocess) -> torch.Tensor:
+    "RGB uint8 [H, W, 3] array (or [3, H, W] tensor) -> uint8 [3, size, size]: resize, then centre crop."
+    if isinstance(x, np.ndarray): x = torch.from_numpy(x if x.flags.writeable and x.flags.c_contiguous else np.array(x)).permute(2, 0, 1)
+    (h, w), out = x.shape[-2:], resized_shape(*x.shape[-2:], p)
+    if (h, w) != out:
+        x = F.interpolate(x[None], size=out, mode=p.interpolation, antialias=True, align_corners=False)[0]
+    top, left = _offset(out[0] - p.size, p.crop_offset), _offset(out[1] - p.size, p.crop_offset)
+    return x[:, top:top + p.size, left:left + p.size].contiguous()
+
+# %% ../nbs/01_data.ipynb #9d7c04c7
+def read_bytes(src) -> bytes:
+    "The bytes of `src`: a path, or (path, offset, length) inside a larger file."
+    if isinstance(src, (tuple, list)):
+        path, off, n = src
+        with open(path, 'rb') as f: return os.pread(f.fileno(), n, off)
+    return Path(src).read_bytes()
+
+def load_image(src, p:Preprocess) -> torch.Tensor:
+    "Image `src` (see `read_bytes`) preprocessed by `p`: uint8 [3, size, size]."
+    where = src[0] if isinstance(src, (tuple, list)) else src
+    try: data = read_bytes(src)
+    except FileNotFoundError: raise ItrError(f"image not found: {where}") from None
+    except IsADirectoryError: raise ItrError(f"image not found: {where} is a folder") from None
+    try: a = decode_rgb(data, p.target if p.draft else 0)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e: raise ItrError(f"unreadable image {where}: {e}") from None
+    return preprocess_image(a, p)
+
+def read_image(path, size:int|None=None, resize:str='squash') -> torch.Tensor:
+    "Load an image as float [3, H, W] in [0, 1], resized to `size` x `size` when given (`resize`: 'squash' or 'crop')."
+    if size is None:
+        try: a = decode_rgb(read_bytes(path))
+        except FileNotFoundError: raise ItrError(f"image not found: {path}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e: raise ItrError(f"unreadable image {path}: {e}") from None
+        return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255)
+    return load_image(path, Preprocess(size, resize)).float().div_(255)
+
+# %% ../nbs/01_data.ipynb #32d59f71
+AUGMENTS = ('none', 'crop', 'crop+flip')
+
+def augment_seed(seed:int, epoch:int, item:int) -> int:
+    "The generator seed of one training item's augmentation."
+    return ((seed * 1000003 + epoch) * 2654435761 + int(item)) % 2**63
+
+def augment_image(x:torch.Tensor, mode:str, g:torch.Generator, scale=(0.9, 1.0), ratio=(3/4, 4/3)) -> torch.Tensor:
+    "uint8 [3, S, S] -> a random-resized crop back to S x S (and a coin-flip mirror for 'crop+flip'), drawn from `g`."
+    if mode not in AUGMENTS: raise ItrError(f"augment must be one of {AUGMENTS}, got {mode!r}")
+    if mode == 'none': return x
+    H, W = x.shape[-2:]
+    u = torch.rand(20, generator=g).tolist()
+    top, left, h, w = 0, 0, H, W                         # fallback: the whole image
+    for k in range(10):                                  # torchvision's RandomResizedCrop.get_params, drawn from `g`
+        area = H * W * (scale[0] + (scale[1] - scale[0]) * u[2 * k])
+        r = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[2 * k + 1])
+        cw, ch = round(math.sqrt(area * r)), round(math.sqrt(area / r))
+        if 0 < cw <= W and 0 < ch <= H:
+            o = torch.rand(2, generator=g).tolist()
+            top, left, h, w = int(o[0] * (H - ch + 1)), int(o[1] * (W - cw + 1)), ch, cw
+            break
+    x = F.interpolate(x[None, :, top:top + h, left:left + w], size=(H, W), mode='bicubic', antialias=True, align_corners=False)[0]
+    if mode == 'crop+flip' and torch.rand(1, generator=g).item() < 0.5: x = x.flip(-1)
+    return x
 
 # %% ../nbs/01_data.ipynb #974f63ec
 class ImageDataset(Dataset):
@@ -146,13 +263,15 @@ def check_images(kd:KarpathyData, split:Split):
     return len(split.image_paths)
 
 # %% ../nbs/01_data.ipynb #a34e5e04
-def load_images(split:Split, size:int|None=None, progress:bool=True) -> torch.Tensor:
-    "All images of `split` as one uint8 tensor [N, 3, H, W] (resized to `size` when given)."
+def load_images(split:Split, size:int|Preprocess|None=None, progress:bool=True) -> torch.Tensor:
+    "All images of `split` as one uint8 tensor [N, 3, H, W] (preprocessed when `size` is given)."
     from tqdm.auto import tqdm
+    p = Preprocess(size) if isinstance(size, int) else size
     ims = []
-    for p, imgid in zip(tqdm(split.image_paths, desc=f'reading {split.name} images', disable=not progress, leave=False), split.imgids):
-        try: ims.append((read_image(p, size) * 255).round_().to(torch.uint8))
-        except ItrError as e: raise ItrError(f"{e} (imgid {imgid} of split {split.name})") from None
+    srcs = split.sources or split.image_paths
+    for k, src in enumerate(tqdm(srcs, desc=f'reading {split.name} images', disable=not progress, leave=False)):
+        try: ims.append(load_image(src, p) if p else (read_image(src) * 255).round_().to(torch.uint8))
+        except ItrError as e: raise ItrError(f"{e} (imgid {split.imgids[k]} of split {split.name})") from None
     shapes = {tuple(x.shape) for x in ims}
     if len(shapes) > 1: raise ItrError(f"images of split {split.name} differ in size {sorted(shapes)[:3]}: pass size=")
     return torch.stack(ims)

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 import torch, torch.nn as nn, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from .core import ItrError, save_json
+from .core import ItrError, save_json, get_device
 
 # %% auto #0
 __all__ = ['init_from_env', 'rank_world', 'shard_batch', 'wrap_ddp', 'train_ddp', 'ddp_arguments', 'ddp_command']
@@ -58,7 +58,8 @@ def wrap_ddp(model:nn.Module, device=None, # the model already on `device`
 
 # %% ../nbs/14_distributed.ipynb #74966f7a
 def train_ddp(train, val, model_cfg, train_cfg, objective:nn.Module, batch_size:int=128, out_dir=None, progress:bool=True,
-              resume:bool=False, sync_bn:bool=False):
+              resume:bool=False, sync_bn:bool=False,
+              workers:int=0): # DataLoader processes per rank for its share of the batches
     "Train on this process's shares of each global batch of `batch_size` pairs; returns (model, history)."
     from itr_nb.retrieval import build_model, pair_batches, steps_per_epoch, evaluate_split
     from itr_nb.train import fit
@@ -66,7 +67,9 @@ def train_ddp(train, val, model_cfg, train_cfg, objective:nn.Module, batch_size:
     g = getattr(objective, 'gather_negatives', getattr(getattr(objective, 'con', None), 'gather_negatives', None))
     if world > 1 and g is False: raise ItrError("the objective must gather negatives across processes (gather_negatives=True)")
     model = build_model(model_cfg, train_cfg.seed)
-    batches = lambda ep: (shard_batch(b, rank, world) for b in pair_batches(train, batch_size, ep, train_cfg.seed))
+    dev = get_device(train_cfg.device)
+    if batch_size % world: raise ItrError(f"global batch of {batch_size} pairs cannot be split evenly over {world} processes: use a batch size divisible by {world}")
+    batches = lambda ep: pair_batches(train, batch_size, ep, train_cfg.seed, workers=workers, device=dev, rank=rank, world=world)
     hist = fit(model, objective, batches, steps_per_epoch(train, batch_size), lambda m: evaluate_split(m, val, uni=False),
                train_cfg, out_dir, asdict(model_cfg), progress, resume=resume, wrap=lambda m: wrap_ddp(m, sync_bn=sync_bn),
                main_process=rank == 0)
@@ -75,7 +78,11 @@ def train_ddp(train, val, model_cfg, train_cfg, objective:nn.Module, batch_size:
 # %% ../nbs/14_distributed.ipynb #cbce2c3d
 def ddp_arguments(p:argparse.ArgumentParser):
     a = p.add_argument
-    a('--dataset', help='Karpathy JSON (default: the embedded benchmark, built if missing)')
+    a('--dataset', help='Karpathy JSON, or webdataset .tar shards (default: the embedded benchmark, built if missing)')
+    a('--eval-dataset', default='', help='Karpathy JSON or held-out shards for val and test (default: --dataset; needed with shards)')
+    a('--image-root', default='', help="folder the JSON's image paths are relative to (default: the JSON's folder)")
+    a('--resize', default='squash', choices=['squash', 'crop'], help='squash to the square, or shorter side then centre crop')
+    a('--workers', type=int, default=0, help='DataLoader processes per rank (and for decoding the image cache)')
     a('--method', choices=['infonce', 'cusa'], default='infonce', help='the objective')
     a('--epochs', type=int, default=6); a('--batch-size', type=int, default=128, help='global batch (pairs), split over the processes')
     a('--lr', type=float, default=3e-4); a('--seed', type=int, default=0); a('--dim', type=int, default=128)
@@ -91,20 +98,23 @@ def ddp_command(args) -> int:
     "Train InfoNCE or CUSA over the processes torchrun started; rank 0 evaluates the best checkpoint on the test split."
     from itr_nb.core import runs_root
     from itr_nb.synth import ensure_benchmark
-    from itr_nb.retrieval import load_split, ModelConfig, ContrastiveObjective, evaluate_split
+    from itr_nb.data import Preprocess
+    from itr_nb.retrieval import load_splits, ModelConfig, ContrastiveObjective, evaluate_split
     from itr_nb.train import TrainConfig, load_checkpoint
     rank, world, dev = init_from_env()
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     out = Path(args.out or runs_root()/'ddp'/args.method)
-    if rank == 0: ds = Path(args.dataset) if args.dataset else ensure_benchmark()/'dataset.json'
-    if world > 1: dist.barrier()
-    if rank != 0: ds = Path(args.dataset) if args.dataset else ensure_benchmark()/'dataset.json'
     if args.batch_size % world: raise ItrError(f"--batch-size {args.batch_size} is not divisible by {world} processes")
-    tr = load_split(ds, 'train', args.image_size, limit=args.limit_train, progress=rank == 0)
-    va = load_split(ds, 'val', args.image_size, limit=args.limit_eval, progress=False)
+    def splits():
+        ds = args.dataset or str(ensure_benchmark()/'dataset.json')
+        return ds, load_splits(ds, Preprocess(args.image_size, args.resize), args.image_root, args.eval_dataset, args.limit_train,
+                               args.limit_eval, args.workers, progress=rank == 0)
+    if rank == 0: ds, (tr, va, te) = splits()   # rank 0 builds the benchmark and the image caches, the others then read them
+    if world > 1: dist.barrier()
+    if rank != 0: ds, (tr, va, te) = splits()
     if args.method == 'cusa':
         from itr_nb.cusa import teacher_features, CUSAObjective
-        feats = lambda: teacher_features(tr, ds, teacher_size=args.teacher_size, progress=rank == 0)
+        feats = lambda: teacher_features(tr, ds, teacher_size=args.teacher_size, device=dev, progress=rank == 0)
         if rank == 0: fi, ft = feats()        # rank 0 fills the cache, the others read it
         if world > 1: dist.barrier()
         if rank != 0: fi, ft = feats()
@@ -112,10 +122,9 @@ def ddp_command(args) -> int:
     else: obj = ContrastiveObjective(gather_negatives=True)
     mcfg = ModelConfig(dim=args.dim)
     tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, device=str(dev), ckpt_every=args.ckpt_every)
-    model, hist = train_ddp(tr, va, mcfg, tcfg, obj, args.batch_size, out, progress=rank == 0, resume=args.resume)
+    model, hist = train_ddp(tr, va, mcfg, tcfg, obj, args.batch_size, out, progress=rank == 0, resume=args.resume, workers=args.workers)
     if rank == 0:
         load_checkpoint(out/'best.safetensors', dict(model=model, loss=obj), asdict(mcfg))
-        te = load_split(ds, 'test', args.image_size, limit=args.limit_eval, progress=False)
         m = evaluate_split(model, te) | dict(processes=world, global_batch=args.batch_size, best_epoch=max(hist, key=lambda h: h.get('val_rsum', 0))['epoch'])
         save_json(m, out/'metrics.json')
         print(f"{world} processes, global batch {args.batch_size}: test RSUM {m['rsum']:.2f}; {out/'metrics.json'}")

@@ -15,7 +15,7 @@ from .core import ItrError, save_json, load_relevance
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'recall_metrics', 'coco_1k', 'extended_metrics', 'unimodal_metrics', 'coco_5k_ids', 'coco_caption_ids',
-           'coco_positives', 'evaluate', 'format_table', 'eval_arguments', 'eval_command']
+           'coco_positives', 'evaluate', 'format_table', 'query_metrics', 'eval_arguments', 'eval_command']
 
 # %% ../nbs/03_metrics.ipynb #8fd94a55
 def _as_sim(sim, what='similarity matrix') -> np.ndarray:
@@ -74,16 +74,22 @@ def _check_gt(sim, txt2img):
         raise ItrError(f"txt2img points to image {t.max() if t.max() >= n else t.min()}, but there are {n} images (rows)")
     return t.astype(np.int64)
 
-def recall_metrics(sim, txt2img, ks=(1, 5, 10), chunk:int=1024) -> dict:
-    "i2t and t2i R@K (percent), RSUM, median and mean rank of an images x captions `sim`; `txt2img[j]` = image of caption j."
-    sim = _as_sim(sim); t = _check_gt(sim, txt2img); n, m = sim.shape
-    _check_finite(sim, chunk)
+def _first_ranks(sim, t, chunk:int) -> dict:
+    "Rank of each image query's best caption ('i2t', [n]) and of each caption query's image ('t2i', [m])."
+    n, m = sim.shape
     I = _padded(sp.csr_matrix((np.ones(m, bool), (t, np.arange(m))), shape=(n, m)))   # each image's captions
     if (none := I[:, 0] < 0).any(): raise ItrError(f"image {int(none.argmax())} has no caption in the ground truth")
     S = np.where(I >= 0, sim[np.arange(n)[:, None], I], -np.inf)
     best = S.max(1, keepdims=True); first = np.where(S == best, I, m).min(1, keepdims=True)
     ranks = {'i2t': _ranks(sim, best, first, False, chunk)[:, 0],
              't2i': _ranks(sim, sim[t, np.arange(m)][:, None], t[:, None], True, chunk)[:, 0]}
+    return ranks
+
+def recall_metrics(sim, txt2img, ks=(1, 5, 10), chunk:int=1024) -> dict:
+    "i2t and t2i R@K (percent), RSUM, median and mean rank of an images x captions `sim`; `txt2img[j]` = image of caption j."
+    sim = _as_sim(sim); t = _check_gt(sim, txt2img)
+    _check_finite(sim, chunk)
+    ranks = _first_ranks(sim, t, chunk)
     out = {f'{d}_R@{k}': 100 * float((r <= k).mean()) for d, r in ranks.items() for k in ks}
     out['rsum'] = sum(out.values())
     for d, r in ranks.items(): out |= {f'{d}_medr': float(np.floor(np.median(r))), f'{d}_meanr': float(r.mean())}
@@ -101,8 +107,8 @@ def coco_1k(sim, txt2img, folds:int=5, ks=(1, 5, 10), chunk:int=1024) -> dict:
     return {k: float(np.mean([r[k] for r in res])) for k in res[0]}
 
 # %% ../nbs/03_metrics.ipynb #61b3c684
-def _ext(sim, rel, t2i:bool, ks, chunk:int, unseen=None, self_out:bool=False):
-    "Mean AP@R, R-P, R@K (percent) over queries with positives; `rel` CSR queries x gallery, `unseen` extra positives per query."
+def _ext(sim, rel, t2i:bool, ks, chunk:int, unseen=None, self_out:bool=False, per_query:bool=False):
+    "Mean AP@R, R-P, R@K (percent) over queries with positives (`per_query`: each query's value in [0, 1]); `rel` CSR queries x gallery."
     R = np.diff(rel.indptr) + (0 if unseen is None else np.asarray(unseen, np.int64))
     if not len(q := np.nonzero(R > 0)[0]): return None
     I, R = _padded(rel[q]), R[q, None]; v = I >= 0
@@ -117,7 +123,8 @@ def _ext(sim, rel, t2i:bool, ks, chunk:int, unseen=None, self_out:bool=False):
         d = sim[q, q][:, None]; r -= v & ((d > S) | ((d == S) & (q[:, None] < I)))
     r = np.sort(r, 1); inside = r <= R
     out = {'mAP@R': np.where(inside, np.arange(1, r.shape[1] + 1) / r, 0).sum(1) / R[:, 0], 'R-P': inside.sum(1) / R[:, 0]}
-    return {k: 100 * float(x.mean()) for k, x in (out | {f'R@{k}': r[:, 0] <= k for k in ks}).items()}
+    out |= {f'R@{k}': r[:, 0] <= k for k in ks}
+    return out if per_query else {k: 100 * float(x.mean()) for k, x in out.items()}
 
 def _rel(rel, shape, what):
     "`rel` as a boolean CSR matrix of `shape` with sorted indices, or `ItrError`."
@@ -237,6 +244,24 @@ def format_table(metrics:dict, digits:int=2) -> str:
     lines = [' ' * w + ''.join(f'{c:>9}' for c in cols)] if rows else []
     lines += [f'{r:<{w}}' + ''.join(f'{v[c]:9.{digits}f}' if c in v else ' ' * 9 for c in cols) for r, v in rows.items()]
     return '\n'.join(lines + [f'{k:<{w}}{v:9.{digits}f}' for k, v in rest.items()])
+
+# %% ../nbs/03_metrics.ipynb #23dfb4b3
+def query_metrics(sim, txt2img, rel=None, img_sim=None, txt_sim=None, ks=(1, 5, 10), chunk:int=1024) -> dict:
+    "Each query's R@K hit, and (with `rel`) AP@R and R-P, as arrays named as in `evaluate`: 100 * mean is the metric."
+    sim = _as_sim(sim); t = _check_gt(sim, txt2img); _check_finite(sim, chunk)
+    out = {f'{d}_R@{k}': r <= k for d, r in _first_ranks(sim, t, chunk).items() for k in ks}
+    rel = {} if rel is None else rel if isinstance(rel, dict) else {'i2t': rel}
+    if 'i2t' in rel:
+        i2t = _rel(rel['i2t'], sim.shape, 'i2t positives'); t2i = _rel(rel.get('t2i', i2t.T), sim.shape[::-1], 't2i positives')
+        for d, r in (('i2t', i2t), ('t2i', t2i)):
+            e = _ext(sim, r, d == 't2i', (1,), chunk, per_query=True)
+            out |= {f'ext_{d}_{k}': e[k] for k in ('mAP@R', 'R-P', 'R@1')}
+    for name, s in (('i2i', img_sim), ('t2t', txt_sim)):
+        if s is None: continue
+        s = _as_sim(s, f'{name} similarity'); r = _rel(rel[name], s.shape, f'{name} positives').tolil(); r.setdiag(False)
+        e = _ext(s, _rel(r, s.shape, name), False, (1,), chunk, self_out=True, per_query=True)
+        out |= {f'{name}_R@1': e['R@1'], f'{name}_mAP@R': e['mAP@R']}
+    return out
 
 # %% ../nbs/03_metrics.ipynb #3bb62a5b
 def eval_arguments(parser:argparse.ArgumentParser):

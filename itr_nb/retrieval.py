@@ -1,5 +1,6 @@
-"""The dual-encoder experiment in functions: a split in memory, training batches, the contrastive objective,
-embedding a split and evaluating it. Templates and methods (CUSA, TGDT, TTD) build on these.
+"""The dual-encoder experiment in functions: the image preprocessing a tower expects, the contrastive objective,
+embedding a split and evaluating it, frozen-backbone features and training. Templates and methods (CUSA, TGDT,
+TTD) build on these.
 
 Docs: https://itr-nb.github.io/itr_nb/retrieval.html.md"""
 
@@ -7,73 +8,76 @@ Docs: https://itr-nb.github.io/itr_nb/retrieval.html.md"""
 
 # %% ../nbs/08_retrieval.ipynb #7470ceef
 from __future__ import annotations
-import hashlib
+import hashlib, math
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np, torch
 from torch import nn
-from .core import ItrError, load_relevance, seed_everything
-from .data import load_karpathy, load_images, Split
-from .encoders import image_encoder, text_encoder, DualEncoder, EncoderOutput
+from .core import ItrError, load_json, seed_everything, get_device
+from .data import Preprocess
+from .shards import ShardData
+from .splits import SplitData, load_split, load_splits, pair_batches, steps_per_epoch, epoch_captions   # re-exported: they lived here
+from .encoders import image_encoder, text_encoder, DualEncoder, EncoderOutput, local_path, clip_tower_config
 from .losses import ContrastiveLoss
 from .metrics import evaluate
 
 # %% auto #0
-__all__ = ['SplitData', 'load_split', 'pair_batches', 'steps_per_epoch', 'ModelConfig', 'build_model', 'ContrastiveObjective',
-           'embed_split', 'evaluate_split', 'cache_image_features', 'train_retrieval']
+__all__ = ['tower_preprocess', 'image_preprocess', 'ModelConfig', 'build_model', 'ContrastiveObjective', 'embed_split',
+           'evaluate_split', 'cache_image_features', 'train_retrieval']
 
-# %% ../nbs/08_retrieval.ipynb #534c2eba
-@dataclass
-class SplitData:
-    "A split with its images in memory (uint8 [N,3,H,W]) and its relevance matrices if any."
-    split: Split
-    images: torch.Tensor
-    rel: dict|None = None
-    source: str = ''                 # the dataset file it came from (part of feature-cache keys)
-    feats: EncoderOutput|None = None # cached outputs of a frozen image backbone, used instead of `images`
-    @property
-    def n_images(self): return len(self.split.image_paths)
-    @property
-    def n_captions(self): return len(self.split.captions)
-    def __repr__(self): return f"SplitData({self.split.name}: {self.n_images} images, {self.n_captions} captions, relevance {sorted(self.rel or {})})"
+# %% ../nbs/08_retrieval.ipynb #ba662733
+_DEFAULT_TOWER = dict(size=64, short_side=0, crop_offset='round', interpolation='bicubic', pretrained=False)
 
-def load_split(dataset, split:str='test', image_size:int|None=64, join_restval:bool=False, limit:int=0,
-               max_captions_per_image:int|None=None, progress:bool=True) -> SplitData:
-    "Load split `split` of the Karpathy file `dataset`; `limit` > 0 keeps the first `limit` images (and their captions)."
-    kd = load_karpathy(dataset)
-    s = kd.split(split, join_restval=join_restval, max_captions_per_image=max_captions_per_image)
-    relp = Path(dataset).parent/f'relevance_{split}.npz'
-    rel = load_relevance(relp) if relp.exists() else None
-    if rel is not None and rel['i2t'].shape != (len(s.image_paths), len(s.captions)):
-        raise ItrError(f"{relp}: i2t is {rel['i2t'].shape}, but split {split} of {dataset} has {len(s.image_paths)} images x {len(s.captions)} captions")
-    if limit and limit < len(s.image_paths):
-        keep = np.flatnonzero(s.txt2img < limit)
-        s = Split(s.name, s.image_paths[:limit], s.imgids[:limit], [s.raw_captions[j] for j in keep],
-                  [s.captions[j] for j in keep], s.txt2img[keep], [s.sentids[j] for j in keep])
-        if rel is not None: rel = {'i2t': rel['i2t'][:limit][:, keep], 'i2i': rel['i2i'][:limit, :limit], 't2t': rel['t2t'][keep][:, keep]}
-    return SplitData(s, load_images(s, image_size, progress), rel, str(Path(dataset).resolve()))
+def tower_preprocess(spec:str) -> dict:
+    "An image tower's own evaluation transform: size, short_side, crop_offset, interpolation, and whether it is pretrained."
+    kind, _, arg = spec.partition(':')
+    t = dict(_DEFAULT_TOWER)
+    if spec == 'small-cnn': return t
+    if kind == 'timm' and arg:
+        import timm
+        c = timm.models.get_pretrained_cfg(arg)
+        if c is None: return t
+        size = int(c.input_size[-1])
+        return t | dict(size=size, short_side=math.floor(size / (c.crop_pct or 0.875)), interpolation=c.interpolation or 'bicubic')
+    if kind == 'clip' and arg:
+        p = local_path(arg, 'CLIP model')
+        if not (p/'preprocessor_config.json').exists():
+            return t | dict(size=int(clip_tower_config(p, 'vision').image_size), crop_offset='floor', pretrained=True)
+        c = load_json(p/'preprocessor_config.json', 'CLIP image processor config')
+        dim = lambda v, k: int(v.get(k) or v.get('height')) if isinstance(v, dict) else int(v)
+        crop, short = dim(c.get('crop_size', 224), 'height'), dim(c.get('size', 224), 'shortest_edge')
+        interp = {2: 'bilinear', 3: 'bicubic'}.get(c.get('resample', 3))
+        if interp is None: raise ItrError(f"{p/'preprocessor_config.json'}: resample {c.get('resample')} is neither bilinear (2) nor bicubic (3)")
+        return t | dict(size=crop, short_side=short, crop_offset='floor', interpolation=interp, pretrained=True)
+    if kind == 'open_clip' and arg:   # open_clip's own eval transform: shorter side to the size, torchvision's centre crop
+        p = Path(arg).expanduser()
+        if p.is_dir():
+            c = load_json(local_path(p/'open_clip_config.json', 'open_clip config'), 'open_clip config')
+            vis, pc = c.get('model_cfg', {}).get('vision_cfg', {}), c.get('preprocess_cfg', {})
+        else:
+            import open_clip
+            mc = open_clip.get_model_config(arg.partition(':')[0])
+            if mc is None: raise ItrError(f"open_clip architecture {arg.partition(':')[0]!r} is not one of open_clip's built-in ones (open_clip.list_models())")
+            vis, pc = mc['vision_cfg'], {}
+        size = vis.get('image_size', 224); size = size[-1] if isinstance(size, (list, tuple)) else size
+        return t | dict(size=int(size), interpolation=pc.get('interpolation', 'bicubic'), pretrained=True)
+    return t | dict(size=224, pretrained=True)     # efficientnet-lite0 (no processor config ships with it) and other pretrained kinds
 
-# %% ../nbs/08_retrieval.ipynb #31cf3f2a
-def pair_batches(data:SplitData, batch_size:int=128, epoch:int=0, seed:int=0, per_caption:bool=False, drop_last:bool=True):
-    "Yield shuffled training batches for `epoch` (deterministic for `seed` and `epoch`)."
-    image_feats = data.feats
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    t2i = torch.as_tensor(data.split.txt2img)
-    if per_caption: caps = torch.randperm(len(t2i), generator=g)
-    else:
-        starts = torch.as_tensor(np.r_[0, np.cumsum(np.bincount(data.split.txt2img, minlength=data.n_images))[:-1]])
-        counts = torch.bincount(t2i, minlength=data.n_images)
-        caps = (starts + (torch.rand(data.n_images, generator=g) * counts).long())[torch.randperm(data.n_images, generator=g)]
-    stop = len(caps) - (len(caps) % batch_size if drop_last and len(caps) >= batch_size else 0)
-    for b in range(0, stop, batch_size):
-        c = caps[b:b + batch_size]; i = t2i[c]
-        imgs = image_feats.take(i) if image_feats is not None else data.images[i].float().div_(255)
-        yield dict(images=imgs, captions=[data.split.captions[j] for j in c.tolist()], img_idx=i, cap_idx=c)
-
-def steps_per_epoch(data:SplitData, batch_size:int, per_caption:bool=False, drop_last:bool=True) -> int:
-    "How many batches `pair_batches` yields."
-    n = data.n_captions if per_caption else data.n_images
-    return n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
+def image_preprocess(image_encoder:str='small-cnn', # the template's image tower spec
+                     image_size:int=0, # square side; 0: the tower's own (64 for from-scratch towers)
+                     resize:str='auto', # 'auto' | 'crop' | 'squash'
+                     crop_pct:float=0.0, # size / short side; 0: the tower's own
+                     draft:bool=False) -> Preprocess:
+    "The `Preprocess` the images of a run with `image_encoder` are cached with."
+    if resize not in ('auto', 'crop', 'squash'): raise ItrError(f"resize must be 'auto', 'crop' or 'squash', got {resize!r}")
+    t = tower_preprocess(image_encoder)
+    mode = resize if resize != 'auto' else ('crop' if t['pretrained'] else 'squash')
+    size = image_size or (t['size'] if t['pretrained'] else 64)
+    if crop_pct: short = math.floor(size / crop_pct)
+    elif mode == 'squash' and not t['pretrained']: short = size
+    elif t['short_side']: short = t['short_side'] if size == t['size'] else math.floor(size * t['short_side'] / t['size'])
+    else: short = size
+    return Preprocess(size, mode, 0 if short == size else short, t['crop_offset'], t['interpolation'], draft)
 
 # %% ../nbs/08_retrieval.ipynb #24fc3498
 @dataclass
@@ -129,15 +133,26 @@ def evaluate_split(model:DualEncoder, data:SplitData, uni:bool=True, **kw) -> di
                     txt_sim=e['y_uni'] @ e['y_uni'].T if uni and 't2t' in rel else None)
 
 # %% ../nbs/08_retrieval.ipynb #a4fd4258
-def cache_image_features(model:DualEncoder, data:SplitData, cache_dir=None, batch_size:int=128) -> SplitData:
+class _FromUint8(nn.Module):
+    "An image encoder fed uint8 images (as the image cache holds them), which it sees as float in [0, 1]."
+    def __init__(self, enc:nn.Module): super().__init__(); self.enc, self.spec = enc, getattr(enc, 'spec', None)
+    def forward(self, x): return self.enc(x.float().div_(255) if x.dtype == torch.uint8 else x)
+
+def cache_image_features(model:DualEncoder, data:SplitData, cache_dir=None, batch_size:int=128,
+                         device=None) -> SplitData: # where the backbone runs (default: CUDA when there is one)
     "Attach the frozen image backbone's cached outputs to `data` (computed once, then read from `cache_dir`)."
     from itr_nb.core import data_root
     from itr_nb.encoders import cached_features, file_identity
+    if isinstance(data, ShardData): raise ItrError("a frozen image backbone caches features per image of a split; streamed shards have none (train the tower, or use a Karpathy file)")
     enc = model.image_enc
-    key = dict(dataset=file_identity(data.source) if data.source else None, split=data.split.name, image_size=data.images.shape[-1])
-    name = f"{Path(data.source).parent.name}-{data.split.name}-{hashlib.sha1(enc.spec.encode()).hexdigest()[:8]}-{data.n_images}.safetensors"
-    data.feats = cached_features(enc, key, [x.float().div(255) for x in data.images], Path(cache_dir or data_root()/'cache')/name,
-                                 batch_size=batch_size, desc=f'caching {data.split.name} image features')
+    src = Path(data.source) if data.source else None
+    key = dict(dataset=file_identity(src) if src and src.is_file() else data.source or None, split=data.split.name,
+               image_size=data.images.shape[-1], preprocess=data.preprocess.key() if data.preprocess else None)
+    name = f"{(src.parent.name if src else '')}-{data.split.name}-{hashlib.sha1(enc.spec.encode()).hexdigest()[:8]}-{data.n_images}.safetensors"
+    was = next(enc.parameters()).device
+    try: data.feats = cached_features(_FromUint8(enc), key, data.images, Path(cache_dir or data_root()/'cache')/name, batch_size=batch_size,
+                                      device=get_device(device or 'auto'), desc=f'caching {data.split.name} image features')
+    finally: enc.to(was)
     return data
 
 # %% ../nbs/08_retrieval.ipynb #fd891d1d
@@ -145,16 +160,19 @@ def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train
                     batch_size:int=128, per_caption:bool=False, out_dir=None, progress:bool=True, model:nn.Module|None=None,
                     cache_dir=None, resume:bool=False, # resume: carry on from out_dir/last.safetensors (see `fit`)
                     model_config:dict|None=None, # what checkpoints record to rebuild the model (default: `model_cfg`)
-                    batch_fn=None): # batch_fn(batch, epoch) -> batch, applied to every training batch (e.g. a text augmentation)
+                    batch_fn=None, # batch_fn(batch, epoch) -> batch, applied to every training batch (e.g. a text augmentation)
+                    workers:int=0, # DataLoader worker processes for the training batches
+                    augment:str='none'): # 'none' | 'crop' | 'crop+flip' (see `itr_nb.data.augment_image`)
     "Train a dual encoder on `train`, choosing the best epoch on `val`; returns (model, objective, history)."
     from itr_nb.train import fit, load_checkpoint
     model = model or build_model(model_cfg, train_cfg.seed)
     model_config = model_config or asdict(model_cfg)
+    dev = get_device(train_cfg.device)
     if model_cfg.freeze_image:
-        for d in (train, val): cache_image_features(model, d, cache_dir)
+        for d in (train, val): cache_image_features(model, d, cache_dir, device=dev)
     objective = objective or ContrastiveObjective()
     def batches(ep):
-        it = pair_batches(train, batch_size, ep, train_cfg.seed, per_caption)
+        it = pair_batches(train, batch_size, ep, train_cfg.seed, per_caption, workers=workers, augment=augment, device=dev)
         return it if batch_fn is None else (batch_fn(b, ep) for b in it)
     hist = fit(model, objective, batches, steps_per_epoch(train, batch_size, per_caption),
                lambda m: evaluate_split(m, val, uni=False), train_cfg, out_dir, model_config, progress, resume=resume)

@@ -6,6 +6,15 @@ os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 os.environ.setdefault('MPLBACKEND', 'Agg')
 
+@pytest.fixture(scope='session', autouse=True)
+def image_cache(tmp_path_factory):
+    "The tests' image caches go to a temporary folder, not data/cache/images (subprocesses and templates inherit it)."
+    d = tmp_path_factory.mktemp('image_cache')
+    old = os.environ.get('ITR_NB_IMAGE_CACHE'); os.environ['ITR_NB_IMAGE_CACHE'] = str(d)
+    yield d
+    if old is None: os.environ.pop('ITR_NB_IMAGE_CACHE', None)
+    else: os.environ['ITR_NB_IMAGE_CACHE'] = old
+
 @pytest.fixture(scope='session')
 def tiny_benchmark(tmp_path_factory):
     "A small embedded benchmark (120/30/30 images at 32 px) shared by the tests of one worker."

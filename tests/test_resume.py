@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 import itr_nb.retrieval as R
 from itr_nb.core import save_json
 from itr_nb.train import TrainConfig
-ds, out, resume, delay = sys.argv[1], sys.argv[2], sys.argv[3] == '1', float(sys.argv[4])
+ds, out, resume, delay, workers = sys.argv[1], sys.argv[2], sys.argv[3] == '1', float(sys.argv[4]), int(sys.argv[5])
 orig = R.pair_batches
 def slow_batches(*a, **kw):   # the same batches, slower, so the test can kill the run in the middle of an epoch
     for b in orig(*a, **kw):
@@ -20,13 +20,13 @@ def slow_batches(*a, **kw):   # the same batches, slower, so the test can kill t
 R.pair_batches = slow_batches
 tr, va = R.load_split(ds, 'train', 32, progress=False), R.load_split(ds, 'val', 32, progress=False)
 model, obj, hist = R.train_retrieval(tr, va, R.ModelConfig(dim=32), TrainConfig(epochs=2, lr=2e-3, device='cpu', ckpt_every=2),
-                                     batch_size=20, out_dir=out, progress=True, resume=resume)
+                                     batch_size=20, out_dir=out, progress=True, resume=resume, workers=workers)
 save_json(R.evaluate_split(model, va), f'{out}/metrics.json')
 '''
 
-def _run(script, ds, out, resume=False, delay=0.0, **kw):
+def _run(script, ds, out, resume=False, delay=0.0, workers=0, **kw):
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    return subprocess.Popen([sys.executable, str(script), str(ds), str(out), '1' if resume else '0', str(delay)],
+    return subprocess.Popen([sys.executable, str(script), str(ds), str(out), '1' if resume else '0', str(delay), str(workers)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 def _state(path):
@@ -40,8 +40,8 @@ def _strip(hist): return [{k: v for k, v in r.items() if k != 'secs'} for r in h
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_benchmark, tmp_path):
     script = tmp_path/'train.py'; script.write_text(SCRIPT)
-    ref = _run(script, tiny_benchmark, tmp_path/'ref')
-    killed = _run(script, tiny_benchmark, tmp_path/'run', delay=0.25)
+    ref = _run(script, tiny_benchmark, tmp_path/'ref')                        # batches made in the training process
+    killed = _run(script, tiny_benchmark, tmp_path/'run', delay=0.25, workers=2)   # ... and by DataLoader workers
     t0, state = time.time(), None
     while time.time() - t0 < 120 and killed.poll() is None:
         state = _state(tmp_path/'run'/'last.safetensors')
@@ -52,7 +52,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_benchmark, tmp
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path/'run'/'metrics.json').exists() and len(json.loads((tmp_path/'run'/'history.json').read_text())) == 1
     at = _state(tmp_path/'run'/'last.safetensors'); assert at[0] == 1 and 0 < at[1] < 6   # 6 steps per epoch
-    resumed = _run(script, tiny_benchmark, tmp_path/'run', resume=True)
+    resumed = _run(script, tiny_benchmark, tmp_path/'run', resume=True, workers=2)
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     assert f'resuming from {tmp_path/"run"/"last.safetensors"}: epoch 2, step {at[1]} of 6' in out, out

@@ -38,10 +38,14 @@ def test_limit_keeps_the_relevance_of_the_kept_items(tiny_benchmark):
     assert part.split.captions == [full.split.captions[j] for j in keep]
     assert (part.rel['i2t'].toarray() == full.rel['i2t'].toarray()[:7][:, keep]).all()
     assert (part.rel['t2t'].toarray() == full.rel['t2t'].toarray()[keep][:, keep]).all()
-    assert torch.equal(part.images, full.images[:7])
+    assert torch.equal(part.images[:], full.images[:7])
 
 def test_embeddings_do_not_depend_on_batching(tiny_benchmark):
     te = load_split(tiny_benchmark, 'test', 32, progress=False)
     model = build_model(ModelConfig(dim=16), seed=1).eval()
     a, b = embed_split(model, te, batch_size=7), embed_split(model, te, batch_size=1000)
-    for k in a: assert torch.allclose(a[k], b[k], atol=1e-5), k
+    # float32 (embed_split feeds float32 images): batches of 7 and of the whole split pad captions to other lengths and
+    # may take other kernels, so each coordinate of a unit vector differs by rounding only. A worst-case bound for one
+    # of the network's dot products of n <= 1,152 terms is n * 2^-24 ~ 7e-5 of their absolute sum; the tolerance
+    # takes that bound for the whole forward. A padding leak or a reordering bug moves coordinates by ~1e-1.
+    for k in a: assert (a[k] - b[k]).abs().max() <= 1152 * 2.0**-24, k

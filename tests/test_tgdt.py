@@ -28,7 +28,10 @@ def loop_local(v, vm, t, tm, lam=1.0, reduce='mean'):
     return out
 
 
-T = lambda a: torch.as_tensor(a, dtype=torch.float32)
+# float64 throughout: two paths (blocked products, gathers, loops) then agree to ~1e-15, so ties cannot flip an order
+# and a tolerance of 1e-12 decides on the formula, not on the CPU's float32 kernels.
+T = lambda a: torch.as_tensor(a, dtype=torch.float64)
+TOL = 1e-12
 B = lambda a: torch.as_tensor(a, dtype=torch.bool)
 
 
@@ -36,17 +39,17 @@ B = lambda a: torch.as_tensor(a, dtype=torch.bool)
 def test_local_sim_against_loops(lam, reduce):
     x, y, v, vm, t, tm = rand_case()
     ref = loop_local(v, vm, t, tm, lam, reduce)
-    np.testing.assert_allclose(local_sim(T(v), B(vm), T(t), B(tm), lam, reduce).numpy(), ref, atol=1e-5)
-    np.testing.assert_allclose(local_sim(T(v), B(vm), T(t), B(tm), lam, reduce, block_mb=0).numpy(), ref, atol=1e-5)   # one image per block
+    np.testing.assert_allclose(local_sim(T(v), B(vm), T(t), B(tm), lam, reduce).numpy(), ref, rtol=0, atol=TOL)
+    np.testing.assert_allclose(local_sim(T(v), B(vm), T(t), B(tm), lam, reduce, block_mb=0).numpy(), ref, rtol=0, atol=TOL)   # one image per block
 
 
 def test_candidate_local_sim_against_loops():
     x, y, v, vm, t, tm = rand_case(seed=1)
     ref = loop_local(v, vm, t, tm)
     ci = torch.tensor([[8, 0, 3], [1, 1, 2], [4, 5, 6], [7, 0, 1], [2, 8, 3]])
-    np.testing.assert_allclose(candidate_local_sim(T(v), B(vm), T(t), B(tm), ci, 'images').numpy(), np.take_along_axis(ref, ci.numpy(), 1), atol=1e-5)
+    np.testing.assert_allclose(candidate_local_sim(T(v), B(vm), T(t), B(tm), ci, 'images').numpy(), np.take_along_axis(ref, ci.numpy(), 1), rtol=0, atol=TOL)
     ct = torch.tensor([[0, 4], [1, 3], [2, 2], [3, 0], [4, 1], [0, 1], [2, 3], [4, 4], [1, 0]])
-    np.testing.assert_allclose(candidate_local_sim(T(v), B(vm), T(t), B(tm), ct, 'captions').numpy(), np.take_along_axis(ref.T, ct.numpy(), 1), atol=1e-5)
+    np.testing.assert_allclose(candidate_local_sim(T(v), B(vm), T(t), B(tm), ct, 'captions').numpy(), np.take_along_axis(ref.T, ct.numpy(), 1), rtol=0, atol=TOL)
 
 
 def loop_triplet(S, ids, m, hardest=True):
@@ -66,9 +69,9 @@ def test_triplet_against_loops(hardest):
     g = np.random.default_rng(2)
     S = g.uniform(-1, 1, (7, 7)); ids = np.array([0, 1, 2, 0, 3, 1, 4])   # two images with two captions each
     got = triplet_hardest(T(S), torch.as_tensor(ids), 0.2, hardest)
-    assert float(got) == pytest.approx(loop_triplet(S, ids, 0.2, hardest), abs=1e-5)
+    assert float(got) == pytest.approx(loop_triplet(S, ids, 0.2, hardest), abs=TOL)
     # one-to-one batch (no ids) and a batch of one image (no negatives at all)
-    assert float(triplet_hardest(T(S), None, 0.3, hardest)) == pytest.approx(loop_triplet(S, np.arange(7), 0.3, hardest), abs=1e-5)
+    assert float(triplet_hardest(T(S), None, 0.3, hardest)) == pytest.approx(loop_triplet(S, np.arange(7), 0.3, hardest), abs=TOL)
     assert float(triplet_hardest(T(S), torch.zeros(7, dtype=torch.long), 0.2, hardest)) == 0.0
 
 
@@ -83,7 +86,7 @@ def loop_intra(x, y, mc):
 def test_intra_consistency_against_loops():
     x, y, *_ = rand_case(n=6, m=6, seed=3)
     for mc in (0.0, 0.3, 0.8):
-        assert float(intra_consistency(T(x), T(y), mc)) == pytest.approx(loop_intra(x, y, mc), abs=1e-5)
+        assert float(intra_consistency(T(x), T(y), mc)) == pytest.approx(loop_intra(x, y, mc), abs=TOL)
 
 
 class _Fixed(torch.nn.Module):
@@ -101,7 +104,7 @@ def test_objective_weights_and_warmup():
         obj = TGDTObjective(0.2, 0.3, 2.0, 0.5, 3.0, 10.0, 'sum', warmup_steps=wu)
         r = obj(_Fixed(o), dict(images=None, captions=None, img_idx=torch.as_tensor(ids)))
         want = 2.0 * loop_triplet(x @ y.T, ids, 0.2, hardest) + 0.5 * loop_triplet(sl, ids, 0.2, hardest) + 3.0 * loop_intra(x, y, 0.3)
-        assert float(r['loss']) == pytest.approx(want, rel=1e-5)
+        assert float(r['loss']) == pytest.approx(want, rel=TOL)
     with pytest.raises(ItrError, match='reduce'): TGDTObjective(reduce='max')
 
 
@@ -115,7 +118,7 @@ def test_two_stage_with_whole_gallery_is_exhaustive_fused():
     r = two_stage(emb, k_i2t=30, k_t2i=6)
     np.testing.assert_array_equal(r['i2t'][0].numpy(), np.argsort(-fused, 1, kind='stable'))
     np.testing.assert_array_equal(r['t2i'][0].numpy(), np.argsort(-fused.T, 1, kind='stable'))
-    np.testing.assert_allclose(r['i2t'][1].numpy(), -np.sort(-fused, 1), atol=1e-5)
+    np.testing.assert_allclose(r['i2t'][1].numpy(), -np.sort(-fused, 1), rtol=0, atol=TOL)
     # the score matrices handed to the metrics rank like the exhaustive fused scores in their own direction
     t2i = np.arange(30) % 6
     a = recall_metrics(fused, t2i)
@@ -126,7 +129,7 @@ def test_two_stage_with_whole_gallery_is_exhaustive_fused():
 
 def test_ground_truth_outside_k_is_a_miss():
     # caption 0 belongs to image 2; globally it prefers images 0 and 1, locally image 2 matches it perfectly
-    e = torch.eye(4)
+    e = torch.eye(4, dtype=torch.float64)
     emb = dict(x=e[:3], y=F.normalize(T([[0.9, 0.4, 0.1, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]]), dim=-1),
                img_tokens=T([[[1, 0, 0, 0]], [[0, 1, 0, 0]], [[0, 0, 0, 1]]]), img_mask=None,
                txt_tokens=T([[[0, 0, 0, 1]], [[0, 1, 0, 0]], [[0, 0, 1, 0]], [[1, 0, 0, 0]]]), txt_mask=None)
@@ -144,6 +147,9 @@ def test_ground_truth_outside_k_is_a_miss():
 
 def test_padding_does_not_change_the_branch():
     torch.manual_seed(0)
+    # float32 (the branch casts its tokens to float32): with 3 of 7 keys masked, attention sums the same 4 terms in
+    # another blocking; each output coordinate is a sum of ~d*L terms of unit-scale values, so its rounding is
+    # ~ 40 * 2^-24 ~ 3e-6 at most, under the 1e-5 asked of unit vectors; a leak of the padded keys gives ~1e-1.
     br = TokenTransformer(5, 8, 1, 2, 'first').eval()
     x = torch.randn(1, 4, 5)
     with torch.no_grad():
