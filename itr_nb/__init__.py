@@ -17,7 +17,7 @@ Modules:
 - `itr_nb.shards`: webdataset shards as a dataset: `.tar` files in img2dataset's layout (an image plus a `.txt` or `.json` caption per sample), streamed for training with a shuffle buffer and split by rank and worker, or read whole as a fixed evaluation split.
 - `itr_nb.splits`: A split ready to train and evaluate on: captions, relevance and its images from the decode-once cache (or a stream of webdataset shards), and the training batches, through a torch DataLoader with workers.
 - `itr_nb.tgdt`: TGDT (Liu et al., IEEE TIP 2023): one token-guided transformer per modality gives a global embedding and token embeddings; the CMC loss trains both; two-stage inference ranks by global vectors and re-ranks the top K with local token matching (METHODS.md section 3).
-- `itr_nb.train`: A training loop for dual encoders: AdamW with no decay on biases, norms and temperatures, cosine schedule, clipping, seeds, mixed precision on GPU, validation every epoch, the best checkpoint chosen on validation.
+- `itr_nb.train`: A training loop for dual encoders: AdamW with no decay on biases, norms and temperatures, cosine schedule, clipping, seeds, bf16 / fp16 / fp32 precision on GPU, validation every epoch, the best checkpoint chosen on validation.
 - `itr_nb.ttd`: Text-tag self-distillation (Jo et al., ECCV 2024): dense image-text maps, tag selection by pixel-tag scoring, and fine-tuning that pulls a caption's map toward the union of its selected tags' maps (METHODS.md section 4)."""
 
 __version__ = "0.1.0"

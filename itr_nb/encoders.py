@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import NamedTuple
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from .core import ItrError, atomic_write
+from .core import ItrError, atomic_write, load_json
 
 # %% auto #0
-__all__ = ['EncoderOutput', 'local_path', 'hf_quiet', 'SmallCNN', 'TimmImage', 'EfficientNetLite0', 'CLIPImage',
-           'clip_tower_config', 'tiny_clip', 'HFText', 'masked_mean', 'minilm_path', 'SmallTextTransformer', 'CLIPText',
-           'image_encoder', 'text_encoder', 'FrozenBackbones', 'head', 'DualEncoder', 'file_identity',
-           'cached_features']
+__all__ = ['EncoderOutput', 'local_path', 'hf_quiet', 'make_preprocess_cfg', 'SmallCNN', 'TimmImage', 'EfficientNetLite0',
+           'CLIPImage', 'clip_tower_config', 'tiny_clip', 'OpenCLIPImage', 'tiny_open_clip', 'HFText', 'masked_mean',
+           'minilm_path', 'SmallTextTransformer', 'CLIPText', 'OpenCLIPText', 'image_encoder', 'text_encoder',
+           'FrozenBackbones', 'head', 'DualEncoder', 'file_identity', 'cached_features']
 
 # %% ../nbs/04_encoders.ipynb #101f2f49
 class EncoderOutput(NamedTuple):
@@ -56,6 +56,17 @@ def hf_quiet():
     try: yield
     finally: hl.set_verbosity(v)
 
+# %% ../nbs/04_encoders.ipynb #5a1f0c01
+def make_preprocess_cfg(size:int|None=None, # square input side the model expects (None: any)
+                        resize:str|None=None, # 'crop' (shorter side, then centre crop), 'squash', or None (no preference)
+                        interpolation:str|None=None, # 'bicubic', 'bilinear' or None
+                        crop_pct:float=1.0, # the centre crop keeps this share of the resized shorter side
+                        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> dict: # applied inside the encoder
+    "The dict an image encoder's `preprocess_cfg()` returns (see above)."
+    if resize not in (None, 'crop', 'squash'): raise ItrError(f"resize must be 'crop', 'squash' or None, got {resize!r}")
+    return dict(size=None if size is None else int(size), resize=resize, interpolation=interpolation, crop_pct=float(crop_pct),
+                mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+
 # %% ../nbs/04_encoders.ipynb #21006bd7
 def _conv_bn(ci, co, stride):
     return nn.Sequential(nn.Conv2d(ci, co, 3, stride, 1, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True))
@@ -73,6 +84,10 @@ class SmallCNN(nn.Module):
         self.register_buffer('mean', torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
 
+    def preprocess_cfg(self) -> dict:
+        "Any size and resize (from scratch: the run decides); ImageNet statistics, applied inside."
+        return make_preprocess_cfg()
+
     def forward(self, x:Tensor) -> EncoderOutput:
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         f = self.body(x).flatten(2).transpose(1, 2)  # [B, h*w, C]
@@ -88,6 +103,7 @@ class TimmImage(nn.Module):
         import timm
         try: self.model = timm.create_model(name, pretrained=False, num_classes=0, **kw)
         except RuntimeError as e: raise ItrError(f"timm model {name!r}: {e}") from None
+        self.img_size = kw.get('img_size')
         if weights is not None:
             sd = timm.models.load_state_dict(str(local_path(weights, f'timm weights for {name}')))
             missing, _ = self.model.load_state_dict(sd, strict=False)
@@ -99,6 +115,14 @@ class TimmImage(nn.Module):
         blocks = getattr(self.model, 'blocks', None)
         self.maskclip = blocks is not None and hasattr(getattr(blocks[-1], 'attn', None), 'qkv')  # a ViT: MaskCLIP applies
 
+    def preprocess_cfg(self) -> dict:
+        "timm's own data config for the model (`resolve_data_config`), the size it was built for (`img_size=`) first."
+        from timm.data import resolve_data_config
+        c = resolve_data_config({}, model=self.model)
+        size = self.img_size if isinstance(self.img_size, int) else c['input_size'][-1]
+        return make_preprocess_cfg(size, 'squash' if c.get('crop_mode') == 'squash' else 'crop', c['interpolation'],
+                                   c['crop_pct'], c['mean'], c['std'])
+
     def forward(self, x:Tensor) -> EncoderOutput:
         f = self.model.forward_features((x - self.mean) / self.std)
         g = self.model.forward_head(f, pre_logits=True)
@@ -107,6 +131,9 @@ class TimmImage(nn.Module):
 
     def dense(self, x:Tensor) -> Tensor:
         "MaskCLIP patch features of a ViT, [B, h*w, dim]: the last block's value path and output projection, then the final norm."
+        # Departure (stated, issue 17): not the tower's own last-layer tokens. The last block keeps only its value path and
+        # output projection: no query-key attention, no residual connection, no MLP (MaskCLIP; ClearCLIP also drops the
+        # residual and the MLP). `forward`'s tokens are the ordinary ones.
         if not self.maskclip: raise ItrError(f"{getattr(self, 'spec', type(self.model).__name__)}: MaskCLIP needs a ViT (for other models the feature map is the dense features)")
         m = self.model
         h = m.blocks[:-1](m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed((x - self.mean) / self.std)))))  # input of the last block
@@ -130,6 +157,10 @@ class EfficientNetLite0(nn.Module):
         else: self.model = EfficientNet.from_name('efficientnet-lite0')
         self.dim = self.token_dim = 1280
 
+    def preprocess_cfg(self) -> dict:
+        "224 px, bicubic, centre crop 0.875, mean and std 0.5 (the TF EfficientNet-Lite evaluation, as timm's tf_efficientnet_lite0)."
+        return make_preprocess_cfg(224, 'crop', 'bicubic', 0.875, (0.5,) * 3, (0.5,) * 3)
+
     def forward(self, x:Tensor) -> EncoderOutput:
         f = self.model.extract_features(x * 2 - 1).flatten(2).transpose(1, 2)
         return EncoderOutput(f.mean(1), f)
@@ -145,11 +176,13 @@ class CLIPImage(nn.Module):
         with hf_quiet(): self.model = CLIPVisionModelWithProjection.from_pretrained(p, config=clip_tower_config(p, 'vision'))
         c = self.model.config
         self.dim, self.token_dim, self.patch, self.size = c.projection_dim, c.hidden_size, c.patch_size, c.image_size
-        mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]   # OpenAI's, unless the saved processor says otherwise
-        if (p/'preprocessor_config.json').exists():
-            ip = json.loads((p/'preprocessor_config.json').read_text()); mean, std = ip.get('image_mean', mean), ip.get('image_std', std)
-        self.register_buffer('mean', torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._pp = _clip_processor_cfg(p, c.image_size)
+        self.register_buffer('mean', torch.tensor(self._pp['mean']).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(self._pp['std']).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess_cfg(self) -> dict:
+        "From the folder's saved `CLIPImageProcessor` if there is one, else CLIP's own: checkpoint size, bicubic, shorter side + centre crop."
+        return dict(self._pp)
 
     def _run(self, x, **kw):
         return self.model(pixel_values=(x - self.mean) / self.std, interpolate_pos_encoding=x.shape[-1] != self.size, **kw)
@@ -160,12 +193,28 @@ class CLIPImage(nn.Module):
 
     def dense(self, x:Tensor) -> Tensor:
         "MaskCLIP patch features in the joint space, [B, h*w, projection_dim]."
+        # Departure (stated, issue 17): the last block's value path and output projection only: no query-key attention,
+        # no residual connection, no MLP (MaskCLIP; ClearCLIP also drops the residual and the MLP), then post_layernorm
+        # and the visual projection. `forward`'s tokens are the tower's ordinary ones.
         h = self._run(x, output_hidden_states=True).hidden_states[-2]  # input of the last block
         blk = self.model.vision_model.encoder.layers[-1]
         v = blk.self_attn.out_proj(blk.self_attn.v_proj(blk.layer_norm1(h[:, 1:])))
         return self.model.visual_projection(self.model.vision_model.post_layernorm(v))
 
 #| export
+_CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+_RESAMPLE = {2: 'bilinear', 3: 'bicubic'}   # PIL resampling codes of a processor config
+
+def _clip_processor_cfg(path, image_size:int) -> dict:
+    "The preprocessing of a saved CLIP folder: its `preprocessor_config.json` where present, else CLIP's defaults."
+    f = Path(path)/'preprocessor_config.json'
+    if not f.exists(): return make_preprocess_cfg(image_size, 'crop', 'bicubic', 1.0, _CLIP_MEAN, _CLIP_STD)
+    c = load_json(f, 'CLIP image processor config')
+    crop = c.get('crop_size', image_size); crop = crop.get('height', image_size) if isinstance(crop, dict) else crop
+    short = c.get('size', crop); short = short.get('shortest_edge', crop) if isinstance(short, dict) else short
+    return make_preprocess_cfg(crop, 'crop' if c.get('do_center_crop', True) else 'squash', _RESAMPLE.get(c.get('resample', 3), 'bicubic'),
+                               crop / short, c.get('image_mean', _CLIP_MEAN), c.get('image_std', _CLIP_STD))
+
 def clip_tower_config(path, tower:str):
     "The 'vision' or 'text' config of a saved CLIP model, with the joint-space size (`projection_dim`) of the whole."
     from transformers import AutoConfig
@@ -184,6 +233,102 @@ def tiny_clip(path, vocab_size:int=30522, eos_token_id:int=102):
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(text_config=t, vision_config=v, projection_dim=16)).save_pretrained(path)
     return Path(path)
+
+# %% ../nbs/04_encoders.ipynb #0c11a002
+def _open_clip_model(arg:str, **kw) -> tuple:
+    "(model in eval mode, tokenizer) for an `open_clip:` spec's argument: a local folder or `<arch>:<checkpoint file>`."
+    try: import open_clip
+    except ImportError: raise ItrError("open_clip towers need the package open-clip-torch (pip install open-clip-torch)") from None
+    p = Path(arg).expanduser()
+    if p.is_dir():
+        if not (p/'open_clip_config.json').exists(): raise ItrError(f"{p}: no open_clip_config.json (an open_clip model folder holds it beside the weights)")
+        name, ckpt = f'local-dir:{p}', None
+    else:
+        arch, sep, ckpt = arg.partition(':')
+        if not sep: raise ItrError(f"open_clip model not found locally: {arg} (give open_clip:<folder> or open_clip:<architecture>:<checkpoint file>; itr_nb never downloads)")
+        if arch not in open_clip.list_models(): raise ItrError(f"open_clip architecture {arch!r} is not one of open_clip's built-in ones (open_clip.list_models())")
+        name, ckpt = arch, str(local_path(ckpt, f'open_clip checkpoint for {arch}'))
+    import logging
+    lg = logging.getLogger(); lvl = lg.level; lg.setLevel(max(lvl, logging.ERROR))   # open_clip logs its loading steps at INFO/WARNING
+    try: model, _, _ = open_clip.create_model_and_transforms(name, pretrained=ckpt, **kw)
+    except (RuntimeError, ValueError, KeyError, FileNotFoundError, AssertionError) as e: raise ItrError(f"open_clip:{arg}: {e}") from None
+    finally: lg.setLevel(lvl)
+    return model.eval(), open_clip.get_tokenizer(name)
+
+class OpenCLIPImage(nn.Module):
+    "open_clip vision tower (`open_clip:<folder>` or `<arch>:<checkpoint>`): open_clip's image embedding + patch tokens; `dense` for ViTs."
+    def __init__(self, arg:str, # local folder in open_clip's layout, or <arch>:<checkpoint file>
+                 **kw): # open_clip's preprocessing overrides: image_mean, image_std, image_interpolation, image_resize_mode
+        super().__init__()
+        from open_clip.transformer import VisionTransformer
+        model, _ = _open_clip_model(arg, **kw)
+        self.visual = model.visual; del model
+        v, pc = self.visual, self.visual.preprocess_cfg
+        self.image_size = tuple(v.image_size) if isinstance(v.image_size, (tuple, list)) else (v.image_size,) * 2
+        self.vit = isinstance(v, VisionTransformer) and getattr(v, 'attn_pool', None) is None
+        self.maskclip = self.vit
+        self.dim = v.output_dim
+        self.token_dim = v.transformer.width if self.vit else self.dim
+        # float64 buffers, cast to the input's dtype: the constants stay exact for a float64 run
+        self.register_buffer('mean', torch.tensor(pc['mean'], dtype=torch.float64).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(pc['std'], dtype=torch.float64).view(1, 3, 1, 1), persistent=False)
+        size = pc['size'] if isinstance(pc['size'], int) else pc['size'][-1]
+        self._pp = make_preprocess_cfg(size, 'squash' if pc.get('resize_mode') == 'squash' else 'crop', pc.get('interpolation', 'bicubic'),
+                                       1.0, pc['mean'], pc['std'])
+        if pc.get('resize_mode') == 'longest': self._pp['resize'] = 'longest'   # open_clip's letterbox: longer side, padded
+
+    def preprocess_cfg(self) -> dict:
+        "open_clip's own preprocessing of this model (`visual.preprocess_cfg`: size, mean, std, interpolation, resize mode)."
+        return dict(self._pp)
+
+    def _input(self, x:Tensor) -> Tensor:
+        if tuple(x.shape[-2:]) != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode='bilinear', antialias=True, align_corners=False)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def forward(self, x:Tensor) -> EncoderOutput:
+        if not self.vit: return EncoderOutput(self.visual(self._input(x)))
+        o = self.visual.forward_intermediates(self._input(x), indices=1, normalize_intermediates=True, output_fmt='NLC')
+        return EncoderOutput(o['image_features'], o['image_intermediates'][-1])
+
+    def dense(self, x:Tensor) -> Tensor:
+        "MaskCLIP patch features in the joint space, [B, h*w, dim]: the last block's value path and output projection, then ln_post and proj."
+        # Departure (stated, issue 17): the last block keeps only its value path and output projection: no query-key
+        # attention, no residual connection, no MLP (MaskCLIP; ClearCLIP also drops the residual and the MLP).
+        if not self.maskclip: raise ItrError(f"{getattr(self, 'spec', 'open_clip tower')}: MaskCLIP needs an open_clip ViT")
+        v = self.visual; blocks = v.transformer.resblocks
+        h = v._embeds(self._input(x))
+        if len(blocks) > 1: h = v.transformer.forward_intermediates(h, indices=[len(blocks) - 2], stop_early=True)[1][0]   # input of the last block
+        blk = blocks[-1]; a = blk.attn; C = h.shape[-1]
+        y = blk.ln_1(h[:, 1:])                                                   # patch tokens, without the class token
+        b = None if a.in_proj_bias is None else a.in_proj_bias[2 * C:]
+        val = F.linear(y, a.in_proj_weight[2 * C:], b)                           # values only
+        if not isinstance(a, nn.MultiheadAttention):                             # open_clip's own Attention (custom blocks)
+            if a.head_scale is not None: val = (val.unflatten(-1, (a.num_heads, -1)) * a.head_scale.view(a.num_heads, 1)).flatten(-2)
+            val = a.ln_inner(val)
+        o = a.out_proj(val)
+        o = blk.ls_1(getattr(blk, 'ln_attn', nn.Identity())(o))
+        o = v.ln_post(o)
+        return o @ v.proj if v.proj is not None else o
+
+# %% ../nbs/04_encoders.ipynb #0c11a003
+def tiny_open_clip(path, seed:int=0) -> Path:
+    "Save a tiny random open_clip model in open_clip's hub layout (32-px images, 8-px patches, 16-d joint space) to `path`, for tests."
+    import open_clip
+    from safetensors.torch import save_file
+    from itr_nb.core import save_json
+    cfg = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=2, width=32, patch_size=8, head_width=16),
+               text_cfg=dict(context_length=24, vocab_size=49408, width=32, heads=2, layers=2))
+    torch.manual_seed(seed)
+    m = open_clip.CLIP(**cfg)
+    with torch.no_grad():   # open_clip leaves biases and norms at 0 / 1: randomise them so that tests see them used
+        for n, p in m.named_parameters():
+            if n.endswith('bias') or 'ln' in n: p.add_(torch.randn_like(p) * 0.1)
+    p = Path(path); p.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(p/'open_clip_model.safetensors'))
+    save_json(dict(model_cfg=cfg, preprocess_cfg=dict(mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3], interpolation='bicubic', resize_mode='shortest')),
+              p/'open_clip_config.json')
+    return p
 
 # %% ../nbs/04_encoders.ipynb #5192f7c2
 class HFText(nn.Module):
@@ -263,28 +408,64 @@ class CLIPText(HFText):
         o = self.model(input_ids=t['input_ids'], attention_mask=t['attention_mask'])
         return EncoderOutput(o.text_embeds, o.last_hidden_state, t['attention_mask'].bool())
 
+# %% ../nbs/04_encoders.ipynb #0c11a006
+class OpenCLIPText(nn.Module):
+    "open_clip text tower and tokenizer: open_clip's text embedding + token outputs + mask."
+    def __init__(self, arg:str): # local folder in open_clip's layout, or <arch>:<checkpoint file>
+        super().__init__()
+        model, self.tok = _open_clip_model(arg)
+        self.dim = model.visual.output_dim
+        if hasattr(model, 'text'): self.model, self.kind = model.text, 'tower'      # CustomTextCLIP / CoCa: a text module
+        else: model.visual = None; self.model, self.kind = model, 'clip'            # CLIP: the text parts live on the model
+        tr = getattr(self.model, 'transformer', None)
+        self.token_dim = getattr(tr, 'width', None) or getattr(self.model, 'width', None) or self.dim
+        self.max_len = model.context_length
+        self.eot = getattr(self.tok, 'eot_token_id', None)
+        self.pad = getattr(getattr(self.tok, 'tokenizer', None), 'pad_token_id', None) or 0
+
+    def tokenize(self, texts:list[str]) -> Tensor:
+        "open_clip token ids [B, context_length] on the module's device."
+        return self.tok(list(texts)).to(next(self.parameters()).device)
+
+    def _mask(self, ids:Tensor) -> Tensor:
+        if self.eot is None: return ids != self.pad
+        last = (ids == self.eot).int().argmax(1)                                 # end-of-text position
+        return torch.arange(ids.shape[1], device=ids.device)[None] <= last[:, None]
+
+    def forward(self, texts:list[str]) -> EncoderOutput:
+        ids = self.tokenize(texts)
+        if self.kind == 'clip':
+            o = self.model.forward_intermediates(text=ids, text_indices=1, normalize=False, normalize_intermediates=True)
+        elif hasattr(self.model, 'forward_intermediates'):
+            o = self.model.forward_intermediates(ids, indices=1, normalize_intermediates=True, output_fmt='NLC')
+        else: return EncoderOutput(self.model(ids))                              # e.g. a Hugging Face text tower: global only
+        m = self._mask(ids); L = int(m.sum(1).max())
+        return EncoderOutput(o['text_features'], o['text_intermediates'][-1][:, :L], m[:, :L])
+
 # %% ../nbs/04_encoders.ipynb #f91a4a80
 def _spec_string(spec, kw): return spec + (json.dumps(kw, sort_keys=True, default=str) if kw else '')
 
 def image_encoder(spec:str, **kw) -> nn.Module:
-    "Image encoder from a spec: 'small-cnn', 'timm:<name>', 'efficientnet-lite0', 'clip:<path>'."
+    "Image encoder from a spec: 'small-cnn', 'timm:<name>', 'efficientnet-lite0', 'clip:<path>', 'open_clip:<folder>' or 'open_clip:<arch>:<checkpoint>'."
     kind, _, arg = spec.partition(':')
     if spec == 'small-cnn': enc = SmallCNN(**kw)
     elif spec == 'efficientnet-lite0': enc = EfficientNetLite0(**kw)
     elif kind == 'timm' and arg: enc = TimmImage(arg, **kw)
     elif kind == 'clip' and arg: enc = CLIPImage(arg, **kw)
-    else: raise ItrError(f"unknown image encoder {spec!r} (small-cnn, timm:<name>, efficientnet-lite0, clip:<path>)")
+    elif kind == 'open_clip' and arg: enc = OpenCLIPImage(arg, **kw)
+    else: raise ItrError(f"unknown image encoder {spec!r} (small-cnn, timm:<name>, efficientnet-lite0, clip:<path>, open_clip:<folder>, open_clip:<arch>:<checkpoint>)")
     enc.spec = _spec_string(spec, kw)
     return enc
 
 def text_encoder(spec:str, **kw) -> nn.Module:
-    "Text encoder from a spec: 'small-transformer', 'minilm', 'hf:<path>', 'clip:<path>'."
+    "Text encoder from a spec: 'small-transformer', 'minilm', 'hf:<path>', 'clip:<path>', 'open_clip:<folder>' or 'open_clip:<arch>:<checkpoint>'."
     kind, _, arg = spec.partition(':')
     if spec == 'small-transformer': enc = SmallTextTransformer(**kw)
     elif spec == 'minilm': enc = HFText(minilm_path(), **({'pooling': 'mean'} | kw))
     elif kind == 'hf' and arg: enc = HFText(arg, **kw)
     elif kind == 'clip' and arg: enc = CLIPText(arg, **kw)
-    else: raise ItrError(f"unknown text encoder {spec!r} (small-transformer, minilm, hf:<path>, clip:<path>)")
+    elif kind == 'open_clip' and arg: enc = OpenCLIPText(arg, **kw)
+    else: raise ItrError(f"unknown text encoder {spec!r} (small-transformer, minilm, hf:<path>, clip:<path>, open_clip:<folder>, open_clip:<arch>:<checkpoint>)")
     enc.spec = _spec_string(spec, kw)
     return enc
 
@@ -313,10 +494,18 @@ def head(d:int) -> nn.Sequential:
 class DualEncoder(FrozenBackbones):
     "Image and text backbones, projections to a joint space, cross-modal and uni-modal heads per modality."
     def __init__(self, image_enc:nn.Module, text_enc:nn.Module, dim:int=256,
-                 freeze_image:bool=False, freeze_text:bool=False):
+                 freeze_image:bool=False, freeze_text:bool=False,
+                 proj:bool=True): # False: the heads sit directly on the backbones' embeddings (CUSA's official layout; dim = their size)
         super().__init__()
-        self.image_enc, self.text_enc, self.dim = image_enc, text_enc, dim
-        self.img_proj, self.txt_proj = nn.Linear(image_enc.dim, dim), nn.Linear(text_enc.dim, dim)
+        self.image_enc, self.text_enc, self.dim, self.proj = image_enc, text_enc, dim, proj
+        # Departure (stated, issue 17): by default a randomly initialised Linear(backbone dim, dim) comes before the heads, so
+        # any backbone width works and `dim` is free; CUSA's official code puts its heads directly on CLIP's projected
+        # embedding. `proj=False` restores that layout (token features of another width still get their own Linear).
+        if proj: self.img_proj, self.txt_proj = nn.Linear(image_enc.dim, dim), nn.Linear(text_enc.dim, dim)
+        else:
+            for name, enc in (('image', image_enc), ('text', text_enc)):
+                if enc.dim != dim: raise ItrError(f"proj=False puts the heads directly on the {name} backbone's embedding of size {enc.dim}, so dim must be {enc.dim} (got {dim})")
+            self.img_proj, self.txt_proj = nn.Identity(), nn.Identity()
         self.img_tok_proj = self.img_proj if image_enc.token_dim == image_enc.dim else nn.Linear(image_enc.token_dim, dim)
         self.txt_tok_proj = self.txt_proj if text_enc.token_dim == text_enc.dim else nn.Linear(text_enc.token_dim, dim)
         self.img_head, self.img_uni_head, self.txt_head, self.txt_uni_head = head(dim), head(dim), head(dim), head(dim)

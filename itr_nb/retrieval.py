@@ -49,6 +49,18 @@ def tower_preprocess(spec:str) -> dict:
         interp = {2: 'bilinear', 3: 'bicubic'}.get(c.get('resample', 3))
         if interp is None: raise ItrError(f"{p/'preprocessor_config.json'}: resample {c.get('resample')} is neither bilinear (2) nor bicubic (3)")
         return t | dict(size=crop, short_side=short, crop_offset='floor', interpolation=interp, pretrained=True)
+    if kind == 'open_clip' and arg:   # open_clip's own eval transform: shorter side to the size, torchvision's centre crop
+        p = Path(arg).expanduser()
+        if p.is_dir():
+            c = load_json(local_path(p/'open_clip_config.json', 'open_clip config'), 'open_clip config')
+            vis, pc = c.get('model_cfg', {}).get('vision_cfg', {}), c.get('preprocess_cfg', {})
+        else:
+            import open_clip
+            mc = open_clip.get_model_config(arg.partition(':')[0])
+            if mc is None: raise ItrError(f"open_clip architecture {arg.partition(':')[0]!r} is not one of open_clip's built-in ones (open_clip.list_models())")
+            vis, pc = mc['vision_cfg'], {}
+        size = vis.get('image_size', 224); size = size[-1] if isinstance(size, (list, tuple)) else size
+        return t | dict(size=int(size), interpolation=pc.get('interpolation', 'bicubic'), pretrained=True)
     return t | dict(size=224, pretrained=True)     # efficientnet-lite0 (no processor config ships with it) and other pretrained kinds
 
 def image_preprocess(image_encoder:str='small-cnn', # the template's image tower spec
@@ -71,17 +83,18 @@ def image_preprocess(image_encoder:str='small-cnn', # the template's image tower
 @dataclass
 class ModelConfig:
     "What the dual encoder is made of."
-    image_encoder: str = 'small-cnn'       # small-cnn | efficientnet-lite0 | timm:<name> | clip:<path>
-    text_encoder: str = 'small-transformer'  # small-transformer | minilm | hf:<path> | clip:<path>
+    image_encoder: str = 'small-cnn'       # small-cnn | efficientnet-lite0 | timm:<name> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint>
+    text_encoder: str = 'small-transformer'  # small-transformer | minilm | hf:<path> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint>
     dim: int = 128                          # joint embedding size
     freeze_image: bool = False
     freeze_text: bool = False
+    proj: bool = True                       # a Linear to `dim` before the heads; False: heads on the backbone embeddings (CUSA's official layout)
 
 def build_model(cfg:ModelConfig, seed:int=0) -> DualEncoder:
     "The dual encoder of `cfg`, initialised from `seed`."
     seed_everything(seed)
     return DualEncoder(image_encoder(cfg.image_encoder), text_encoder(cfg.text_encoder), cfg.dim,
-                       freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text)
+                       freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text, proj=cfg.proj)
 
 class ContrastiveObjective(nn.Module):
     "The baseline: multi-positive InfoNCE on the cross-modal heads (METHODS.md section 1)."

@@ -16,50 +16,82 @@ from .encoders import EncoderOutput, FrozenBackbones
 from .metrics import evaluate
 
 # %% auto #0
-__all__ = ['TokenTransformer', 'TGDT', 'local_sim', 'triplet_hardest', 'intra_consistency', 'TGDTObjective', 'embed_tokens',
-           'candidate_local_sim', 'two_stage', 'ranking_scores', 'split_metrics', 'evaluate_tgdt', 'plot_k_curve']
+__all__ = ['ARCHS', 'TokenTransformer', 'image_token_count', 'TGDT', 'local_sim', 'triplet_hardest', 'intra_consistency',
+           'TGDTObjective', 'embed_tokens', 'pair_local_sim', 'candidate_local_sim', 'two_stage', 'ranking_scores',
+           'split_metrics', 'evaluate_tgdt', 'plot_k_curve']
 
 # %% ../nbs/10_tgdt.ipynb #81ac6909
 class TokenTransformer(nn.Module):
-    "Linear map to `dim`, a global token first, a transformer encoder: (global [B,d], tokens [B,L,d], mask [B,L]), unit norm."
+    "Linear map to `dim`, a global token first, transformer encoder(s): (global [B,d], tokens [B,L,d], mask [B,L]), unit norm."
     def __init__(self, in_dim:int, dim:int=256, layers:int=2, heads:int=4,
                  global_token:str='learned', # 'learned' slot prepended, or 'first' input token ([CLS])
                  max_len:int=0, # learned input position embeddings for up to max_len tokens (0: none)
-                 dropout:float=0.1):
+                 dropout:float=0.1,
+                 stages:int=1, # 2: a second transformer on the first one's detached output gives the global token (official TGDT)
+                 norm_first:bool=True, # pre-LN (with a final LayerNorm); False: post-LN, as the official code
+                 ff:int|None=None): # feed-forward width (None: 4 * dim; official 2048)
         super().__init__()
         if global_token not in ('learned', 'first'): raise ItrError(f"global_token must be 'learned' or 'first', got {global_token!r}")
         if dim % heads: raise ItrError(f"dim {dim} is not divisible by heads {heads}")
+        if stages not in (1, 2): raise ItrError(f"stages must be 1 or 2, got {stages!r}")
         self.global_token, self.max_len = global_token, max_len
         self.proj = nn.Linear(in_dim, dim)
         self.slot = nn.Parameter(torch.randn(1, 1, dim) * 0.02) if global_token == 'learned' else None
         self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02) if max_len else None
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=dropout, batch_first=True, norm_first=True)
-        self.enc = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
+        def encoder():
+            layer = nn.TransformerEncoderLayer(dim, heads, ff or 4 * dim, dropout=dropout, batch_first=True, norm_first=norm_first)
+            return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(dim) if norm_first else None, enable_nested_tensor=False)
+        self.enc = encoder()
+        self.enc2 = encoder() if stages == 2 else None
 
     def forward(self, tokens:Tensor, mask:Tensor|None=None) -> tuple:
         B, L, _ = tokens.shape
         m = torch.ones(B, L, dtype=torch.bool, device=tokens.device) if mask is None else mask.bool()
         h = self.proj(tokens.float())
         if self.pos is not None:
-            if L > self.max_len: raise ItrError(f"{L} input tokens, but position embeddings for only max_len={self.max_len}")
+            if L > self.max_len: raise ItrError(f"{L} input tokens, but position embeddings for only {self.max_len} (size the table from the encoder: img_positions=None)")
             h = h + self.pos[:L]
         if self.slot is not None:   # image branch: a learned global slot in front
             h = torch.cat([self.slot.expand(B, -1, -1), h], 1); m = torch.cat([m.new_ones(B, 1), m], 1)
         o = self.enc(h, src_key_padding_mask=~m)
-        g, v, m = F.normalize(o[:, 0], dim=-1), F.normalize(o[:, 1:], dim=-1), m[:, 1:]
+        top = o if self.enc2 is None else self.enc2(o.detach(), src_key_padding_mask=~m)   # stage 2 sees stage 1's output, detached
+        g, v, m = F.normalize(top[:, 0], dim=-1), F.normalize(o[:, 1:], dim=-1), m[:, 1:]  # global from the last stage, tokens from the first
         return g, v * m[..., None], m
 
 # %% ../nbs/10_tgdt.ipynb #41451d89
+def image_token_count(enc:nn.Module, # an image encoder
+                      image_size:int|None=None) -> int: # input side (None: the encoder's `preprocess_cfg()` size)
+    "Tokens per image of `enc`: its `n_tokens` attribute if it has one, else one forward pass of a blank image."
+    if isinstance(getattr(enc, 'n_tokens', None), int): return enc.n_tokens
+    size = image_size or (enc.preprocess_cfg()['size'] if hasattr(enc, 'preprocess_cfg') else None)
+    if not size: raise ItrError(f"{getattr(enc, 'spec', type(enc).__name__)} takes any image size: give TGDT image_size= (the run's) or img_positions=")
+    p = next(enc.parameters(), None); was = enc.training
+    with torch.no_grad(): o = enc.eval()(torch.zeros(1, 3, size, size, device=None if p is None else p.device))
+    enc.train(was)
+    if o.tokens is None: raise ItrError(f"TGDT needs token features, but the image encoder {getattr(enc, 'spec', '')} gave none")
+    return o.tokens.shape[1]
+
+ARCHS = ('single', 'official')
+
 class TGDT(FrozenBackbones):
     "Image and text backbones, each followed by a token-guided transformer: global + token embeddings per item."
     def __init__(self, image_enc:nn.Module, text_enc:nn.Module, dim:int=256, layers:int=2, heads:int=4,
                  text_global:str='first', # 'first': the text encoder's first token ([CLS]) is the global slot; 'learned'
-                 img_positions:int=256, # learned position embeddings for up to this many image tokens (0: none)
-                 dropout:float=0.1, freeze_image:bool=False, freeze_text:bool=False):
+                 img_positions:int|None=None, # learned position embeddings for this many image tokens (0: none; None: as many as the encoder gives)
+                 dropout:float=0.1, freeze_image:bool=False, freeze_text:bool=False,
+                 arch:str='single', # 'single': one pre-LN transformer per branch (itr_nb); 'official': two, detached, post-LN (TGDT's code)
+                 image_size:int|None=None, # image side at which the tokens are counted (None: the encoder's own preprocessing size)
+                 ff:int|None=None, # feed-forward width (None: 4 * dim for 'single', 2048 for 'official')
+                 text_drop_last:int|None=None): # trailing text positions left out of s_l (None: 0 for 'single', 2 for 'official')
         super().__init__()
-        self.image_enc, self.text_enc, self.dim = image_enc, text_enc, dim
-        self.img_tr = TokenTransformer(image_enc.token_dim, dim, layers, heads, 'learned', img_positions, dropout)
-        self.txt_tr = TokenTransformer(text_enc.token_dim, dim, layers, heads, text_global, 0, dropout)
+        if arch not in ARCHS: raise ItrError(f"arch must be one of {ARCHS}, got {arch!r}")
+        off = arch == 'official'
+        self.image_enc, self.text_enc, self.dim, self.arch = image_enc, text_enc, dim, arch
+        self.text_drop_last = (2 if off else 0) if text_drop_last is None else text_drop_last
+        if img_positions is None: img_positions = image_token_count(image_enc, image_size)
+        kw = dict(stages=2, norm_first=False, ff=ff or 2048) if off else dict(ff=ff)
+        self.img_tr = TokenTransformer(image_enc.token_dim, dim, layers, heads, 'learned', img_positions, dropout, **kw)
+        self.txt_tr = TokenTransformer(text_enc.token_dim, dim, layers, heads, text_global, 0, dropout, **kw)
         self.freeze_backbones_(freeze_image, freeze_text)
 
     def _backbone(self, name, inp) -> EncoderOutput:
@@ -80,6 +112,8 @@ class TGDT(FrozenBackbones):
         "Captions (or their `EncoderOutput`) -> y (= y_uni) [B,d], txt_tokens [B,W,d], txt_mask [B,W]."
         o = self._backbone('text_enc', texts)
         g, t, m = self.txt_tr(o.tokens, o.mask)
+        if self.text_drop_last:   # the official word set: the last positions ('.' and [SEP] in its captions) are not words
+            m = m & (m.cumsum(1) <= (m.sum(1, keepdim=True) - self.text_drop_last)); t = t * m[..., None]
         return dict(y=g, y_uni=g, txt_tokens=t, txt_mask=m)
 
     def forward(self, images, texts) -> dict:
@@ -166,55 +200,100 @@ class TGDTObjective(nn.Module):
         return dict(loss=sum(self.w[k] * v for k, v in parts.items()), **parts)
 
 # %% ../nbs/10_tgdt.ipynb #5e5d7da8
+def _clock(dev) -> float:
+    "perf_counter after the device's queued work is done (CUDA kernels run asynchronously)."
+    if torch.device(dev).type == 'cuda': torch.cuda.synchronize(dev)
+    return time.perf_counter()
+
 @torch.no_grad()
-def embed_tokens(model:TGDT, data, batch_size:int=256, image_feats:EncoderOutput|None=None, device=None) -> dict:
-    "Global and token embeddings of every image and caption of `data` (float32, CPU), in the split's order."
-    dev = device or next(model.parameters()).device
-    was = model.training; model.eval(); t0 = time.perf_counter()
+def embed_tokens(model:TGDT, data, batch_size:int=256, image_feats:EncoderOutput|None=None,
+                 device=None) -> dict: # where the model runs and the embeddings stay (None: the model's device)
+    "Global and token embeddings of every image and caption of `data` (float32, on `device`), in the split's order."
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(dev); was = model.training; model.eval(); t0 = _clock(dev)
     xs, vs, vms = [], [], []
     for b in range(0, data.n_images, batch_size):
         i = torch.arange(b, min(b + batch_size, data.n_images))
-        imgs = image_feats.take(i).to(dev) if image_feats is not None else data.images[i].float().div_(255).to(dev)
-        r = model.encode_image(imgs); xs.append(r['x'].cpu()); vs.append(r['img_tokens'].cpu()); vms.append(r['img_mask'].cpu())
+        imgs = image_feats.take(i).to(dev) if image_feats is not None else data.images[i].to(dev).float().div_(255)
+        r = model.encode_image(imgs); xs.append(r['x']); vs.append(r['img_tokens']); vms.append(r['img_mask'])
     order = np.argsort([len(c) for c in data.split.captions], kind='stable')   # similar lengths pad less
     ys, ts, tms = [], [], []
     for b in range(0, data.n_captions, batch_size):
         r = model.encode_text([data.split.captions[j] for j in order[b:b + batch_size]])
-        ys.append(r['y'].cpu()); ts.append(r['txt_tokens'].cpu()); tms.append(r['txt_mask'].cpu())
+        ys.append(r['y']); ts.append(r['txt_tokens']); tms.append(r['txt_mask'])
     pad = lambda xs, L: torch.cat([F.pad(a, (0, 0, 0, L - a.shape[1]) if a.ndim == 3 else (0, L - a.shape[1])) for a in xs])
-    inv = torch.as_tensor(np.argsort(order)); W = max(a.shape[1] for a in ts); R = max(a.shape[1] for a in vs)
+    inv = torch.as_tensor(np.argsort(order), device=dev); W = max(a.shape[1] for a in ts); R = max(a.shape[1] for a in vs)
     model.train(was)
-    return dict(x=torch.cat(xs).float(), img_tokens=pad(vs, R).float(), img_mask=pad(vms, R).bool(),
-                y=torch.cat(ys)[inv].float(), txt_tokens=pad(ts, W)[inv].float(), txt_mask=pad(tms, W)[inv].bool(),
-                secs=time.perf_counter() - t0)
+    out = dict(x=torch.cat(xs).float(), img_tokens=pad(vs, R).float(), img_mask=pad(vms, R).bool(),
+               y=torch.cat(ys)[inv].float(), txt_tokens=pad(ts, W)[inv].float(), txt_mask=pad(tms, W)[inv].bool())
+    return out | dict(secs=_clock(dev) - t0)
 
 # %% ../nbs/10_tgdt.ipynb #886f6c37
+def _packed_word_rows(tm:Tensor, pc:Tensor) -> tuple:
+    "For pairs with captions `pc`: (row in the packed valid words of every slot, words per pair), slots pair after pair."
+    clen = tm.sum(1); coff = clen.cumsum(0) - clen              # caption j's words are packed rows coff[j] ... coff[j] + clen[j] - 1
+    L = clen[pc]; ws = L.cumsum(0) - L; S = int(L.sum())
+    base, nz = coff[pc] - ws, L > 0                              # row = base[pair] + slot, built from its jumps (no per-slot pair index)
+    jump = torch.zeros(S, dtype=torch.long, device=tm.device)
+    jump[ws[nz]] = torch.diff(base[nz], prepend=base.new_zeros(1))
+    return jump.cumsum(0) + torch.arange(S, device=tm.device), L
+
+def pair_local_sim(v, vm, t, tm, # region and word embeddings with masks, as for `local_sim`
+                   img:Tensor, cap:Tensor, # [P] the pairs: image img[p] with caption cap[p]
+                   lambda_l:float=1.0, reduce:str='mean', block_mb:int=256,
+                   batched:bool|None=None) -> Tensor: # several images per product (None: on GPUs, where launches cost)
+    "s_l [P] of arbitrary (image, caption) pairs, the value `local_sim` gives each, at about its cost per pair."
+    _check_reduce(reduce)
+    dev = v.device; N, R, d = v.shape; M, W, _ = t.shape
+    img, cap = torch.as_tensor(img, device=dev).long().reshape(-1), torch.as_tensor(cap, device=dev).long().reshape(-1)
+    if not len(img): return v.new_zeros(0)
+    batched = dev.type != 'cpu' if batched is None else batched
+    key, inv = torch.unique(img * M + cap, return_inverse=True)      # each pair once, sorted by image, then caption
+    pi, pc = key // M, key % M
+    tm = torch.ones(M, W, dtype=torch.bool, device=dev) if tm is None else tm.bool()
+    vm = None if vm is None or bool(vm.all()) else vm.bool()
+    tp = t[tm]                                                       # the valid words of all captions, packed [n_words, d]
+    widx, L = _packed_word_rows(tm, pc)
+    items, n_pairs = torch.unique_consecutive(pi, return_counts=True)
+    last = n_pairs.cumsum(0) - 1; ws = L.cumsum(0) - L
+    lo, hi = ws[last - n_pairs + 1], ws[last] + L[last]            # each image's word slots: its pairs' words, one after the other
+    best = v.new_empty(len(widx))                                    # each slot's word against its best region of the pair's image
+    budget = max(1, (block_mb << 20) // ((d + R) * v.element_size()))   # word slots in one product
+    it, lo_, hi_ = items.tolist(), lo.tolist(), hi.tolist()
+    k = 0
+    while k < len(it):
+        n = hi_[k] - lo_[k]
+        if not batched or n >= budget:                               # one image: its regions against its pairs' words
+            vi = v[it[k]] if vm is None else v[it[k]][vm[it[k]]]
+            for a in range(lo_[k], hi_[k], budget):
+                e = min(hi_[k], a + budget)
+                if len(vi): torch.amax(vi @ tp.index_select(0, widx[a:e]).T, 0, out=best[a:e])
+                else: best[a:e] = -math.inf
+            k += 1; continue
+        j = k + 1                                                    # consecutive images while their padded product fits
+        while j < len(it) and (j + 1 - k) * max(n, hi_[j] - lo_[j]) <= budget: n = max(n, hi_[j] - lo_[j]); j += 1
+        ks = torch.arange(k, j, device=dev); slot = torch.arange(n, device=dev)
+        valid = slot[None] < (hi[ks] - lo[ks])[:, None]
+        sl = torch.where(valid, lo[ks, None] + slot, lo[ks, None])  # padding repeats a valid slot
+        g = tp.index_select(0, widx[sl.reshape(-1)]).view(j - k, n, d)
+        s = torch.bmm(v[items[ks]], g.transpose(1, 2))               # [b, R, n]
+        if vm is not None: s = s.masked_fill(~vm[items[ks]][..., None], -math.inf)
+        best[sl[valid]] = s.amax(1)[valid]
+        k = j
+    tot = torch.segment_reduce(best, 'sum', lengths=L)               # sum over each pair's words
+    s = lambda_l * (tot / L.clamp_min(1).to(tot.dtype) if reduce == 'mean' else tot)
+    return s[inv]
+
 def candidate_local_sim(v, vm, t, tm, # region and word embeddings with masks, as for `local_sim`
                         cand:Tensor, # candidate gallery indices [Q,K]: captions of each image, or images of each caption
                         queries:str, # 'images' (cand indexes captions) or 'captions' (cand indexes images)
                         lambda_l:float=1.0, reduce:str='mean', block_mb:int=256) -> Tensor:
     "s_l [Q,K] of each query with its K candidates (the same value `local_sim` gives the pair)."
-    _check_reduce(reduce)
     if queries not in ('images', 'captions'): raise ItrError(f"queries must be 'images' or 'captions', got {queries!r}")
-    vm = torch.ones(v.shape[:2], dtype=torch.bool) if vm is None else vm.bool()
-    tm = torch.ones(t.shape[:2], dtype=torch.bool) if tm is None else tm.bool()
-    Q, K = cand.shape; R, W = v.shape[1], t.shape[1]; d = v.shape[2]; out = v.new_empty(Q, K)
-    img_q = queries == 'images'; G, L = (t, W) if img_q else (v, R)          # gallery tokens gathered per query
-    rows = max(1, min(Q, (block_mb << 20) // (4 * K * (L * d + R * W))))
-    gbuf, sbuf = G.new_empty(rows * K, L, d), G.new_empty(rows, R * W * K)   # reused: fresh large tensors cost page faults
-    for a in range(0, Q, rows):
-        c = cand[a:a + rows]; q = len(c)
-        g = torch.index_select(G, 0, c.reshape(-1), out=gbuf[:q * K]).view(q, K * L, d)
-        if img_q:   # each image's regions against its K captions' words, one matrix product per query: [q,R,K*W]
-            s = torch.bmm(v[a:a + rows], g.transpose(1, 2), out=sbuf[:q].view(q, R, K * W)).view(q, R, K, W)
-            if not vm[a:a + rows].all(): s = s.masked_fill(~vm[a:a + rows, :, None, None], -torch.inf)
-            s, words = s.amax(1), tm[c]                                                     # [q,K,W]
-        else:       # each caption's words against its K images' regions: [q,W,K*R]
-            s = torch.bmm(t[a:a + rows], g.transpose(1, 2), out=sbuf[:q].view(q, W, K * R)).view(q, W, K, R)
-            if not vm[c].all(): s = s.masked_fill(~vm[c][:, None], -torch.inf)
-            s, words = s.amax(-1).transpose(1, 2), tm[a:a + rows, None].expand(q, K, W)      # [q,K,W]
-        out[a:a + rows] = _word_scores(s, reduce, lambda_l, words)
-    return out
+    cand = torch.as_tensor(cand, device=v.device).long(); Q, K = cand.shape
+    q = torch.arange(Q, device=v.device).repeat_interleave(K)
+    img, cap = (q, cand.reshape(-1)) if queries == 'images' else (cand.reshape(-1), q)
+    return pair_local_sim(v, vm, t, tm, img, cap, lambda_l, reduce, block_mb).view(Q, K)
 
 # %% ../nbs/10_tgdt.ipynb #54ed0227
 def two_stage(emb:dict, # `embed_tokens` output: x, y, img_tokens, img_mask, txt_tokens, txt_mask
@@ -226,22 +305,23 @@ def two_stage(emb:dict, # `embed_tokens` output: x, y, img_tokens, img_mask, txt
     "Stage 1 top-K by s_g, stage 2 re-ranking by s_g + s_l: per direction (cand [Q,K] in final order, fused [Q,K]) and times."
     x, y = emb['x'], emb['y']; N, M = len(x), len(y)
     if not (1 <= k_i2t <= M and 1 <= k_t2i <= N): raise ItrError(f"K must be in 1..gallery size: k_i2t {k_i2t} of {M} captions, k_t2i {k_t2i} of {N} images")
-    t0 = time.perf_counter(); s_g = None
+    dev = x.device; t0 = _clock(dev); s_g = None
     if index == 'torch':                                        # stage 1: the whole s_g, kept for evaluation
         s_g = x @ y.T
         g_i2t, c_i2t = s_g.topk(k_i2t, 1); g_t2i, c_t2i = s_g.T.topk(k_t2i, 1)
     else:                                                       # stage 1 through FAISS: large galleries, s_g never built
         from itr_nb.search import topk
         g_i2t, c_i2t = topk(x, y, k_i2t, index, **search_kw); g_t2i, c_t2i = topk(y, x, k_t2i, index, **search_kw)
-        g_i2t, c_i2t, g_t2i, c_t2i = (torch.as_tensor(a) for a in (g_i2t, c_i2t, g_t2i, c_t2i))
+        g_i2t, c_i2t, g_t2i, c_t2i = (torch.as_tensor(a).to(dev) for a in (g_i2t, c_i2t, g_t2i, c_t2i))
         c_i2t, c_t2i = c_i2t.long(), c_t2i.long()
-    t1 = time.perf_counter()
-    loc = lambda c, q: candidate_local_sim(emb['img_tokens'], emb['img_mask'], emb['txt_tokens'], emb['txt_mask'], c, q, lambda_l, reduce, block_mb)
+    t1 = _clock(dev)
+    qi, qc = torch.arange(N, device=dev).repeat_interleave(k_i2t), torch.arange(M, device=dev).repeat_interleave(k_t2i)
+    s_l = pair_local_sim(emb['img_tokens'], emb['img_mask'], emb['txt_tokens'], emb['txt_mask'],   # stage 2: both directions' pairs at once
+                         torch.cat([qi, c_t2i.reshape(-1)]), torch.cat([c_i2t.reshape(-1), qc]), lambda_l, reduce, block_mb)
     out = {}
-    for d, g, c, q in (('i2t', g_i2t, c_i2t, 'images'), ('t2i', g_t2i, c_t2i, 'captions')):
-        f = g + loc(c, q)                                      # stage 2: s_g + s_l of the candidates
-        f, o = f.sort(dim=1, descending=True, stable=True); out[d] = (c.gather(1, o), f)
-    t2 = time.perf_counter()
+    for d, g, c, sl in (('i2t', g_i2t, c_i2t, s_l[:N * k_i2t].view(N, k_i2t)), ('t2i', g_t2i, c_t2i, s_l[N * k_i2t:].view(M, k_t2i))):
+        f, o = (g + sl).sort(dim=1, descending=True, stable=True); out[d] = (c.gather(1, o), f)   # s_g + s_l of the candidates
+    t2 = _clock(dev)
     return out | dict(s_g=s_g, stage1_secs=t1 - t0, stage2_secs=t2 - t1, secs=t2 - t0)
 
 def ranking_scores(s_g:Tensor, # stage-1 scores, images x captions [N,M]
@@ -266,20 +346,21 @@ def split_metrics(s_i2t, s_t2i, txt2img, rel:dict|None=None) -> dict:
 def evaluate_tgdt(model:TGDT, data, k_i2t:int=50, k_t2i:int=100, lambda_l:float=1.0, reduce:str='mean',
                   ks=(), # extra two-stage runs with K captions and K images per query (clipped to the gallery)
                   exhaustive:bool=True, # also the exhaustive local and fused rankings
-                  image_feats:EncoderOutput|None=None, block_mb:int=256) -> dict:
+                  image_feats:EncoderOutput|None=None, block_mb:int=256,
+                  device=None) -> dict: # where embedding and scoring run (None: the model's device)
     "Global-only, exhaustive local and fused, and two-stage metrics and inference seconds of `model` on `data`."
-    e = embed_tokens(model, data, image_feats=image_feats)
+    e = embed_tokens(model, data, image_feats=image_feats, device=device); dev = e['x'].device
     t2i, rel = data.split.txt2img, data.rel or None
     out = dict(embed_secs=e.pop('secs'))
-    t0 = time.perf_counter(); s_g = e['x'] @ e['y'].T; out['global_secs'] = time.perf_counter() - t0
+    t0 = _clock(dev); s_g = e['x'] @ e['y'].T; out['global_secs'] = _clock(dev) - t0
     rel_u = rel or {}
     m = evaluate(s_g, t2i, rel, img_sim=e['x'] @ e['x'].T if 'i2i' in rel_u else None, txt_sim=e['y'] @ e['y'].T if 't2t' in rel_u else None)
     out |= {f'global_{k}': v for k, v in m.items()}
     if exhaustive:
-        t0 = time.perf_counter(); s_l = local_sim(e['img_tokens'], e['img_mask'], e['txt_tokens'], e['txt_mask'], lambda_l, reduce, block_mb)
-        out['local_secs'] = time.perf_counter() - t0
+        t0 = _clock(dev); s_l = local_sim(e['img_tokens'], e['img_mask'], e['txt_tokens'], e['txt_mask'], lambda_l, reduce, block_mb)
+        out['local_secs'] = _clock(dev) - t0
         out |= {f'local_{k}': v for k, v in evaluate(s_l, t2i, rel).items()}
-        t0 = time.perf_counter(); fused = s_g + s_l; out['fused_secs'] = out['local_secs'] + out['global_secs'] + time.perf_counter() - t0
+        t0 = _clock(dev); fused = s_g + s_l; out['fused_secs'] = out['local_secs'] + out['global_secs'] + _clock(dev) - t0
         out |= {f'fused_{k}': v for k, v in evaluate(fused, t2i, rel).items()}
         del s_l, fused
     ts = two_stage(e, k_i2t, k_t2i, lambda_l, reduce, block_mb)

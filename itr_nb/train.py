@@ -1,5 +1,5 @@
 """A training loop for dual encoders: AdamW with no decay on biases, norms and temperatures, cosine schedule,
-clipping, seeds, mixed precision on GPU, validation every epoch, the best checkpoint chosen on validation.
+clipping, seeds, bf16 / fp16 / fp32 precision on GPU, validation every epoch, the best checkpoint chosen on validation.
 
 Docs: https://itr-nb.github.io/itr_nb/train.html.md"""
 
@@ -18,8 +18,8 @@ from .core import ItrError, atomic_write, save_json, load_json, seed_everything,
 from .losses import clamp_temperatures_
 
 # %% auto #0
-__all__ = ['param_groups', 'cosine_schedule', 'save_checkpoint', 'load_checkpoint', 'save_train_state', 'load_train_state',
-           'TrainConfig', 'fit', 'plot_history']
+__all__ = ['PRECISIONS', 'param_groups', 'cosine_schedule', 'save_checkpoint', 'load_checkpoint', 'save_train_state',
+           'load_train_state', 'TrainConfig', 'fit', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #b27f9257
 def param_groups(modules, weight_decay:float=1e-4):
@@ -68,6 +68,16 @@ def save_checkpoint(path, modules:dict, config:dict, extra:dict|None=None):
     save_json(dict(config=config, **(extra or {})), path.with_suffix('.json'))
     return path
 
+# keys added to configurations after runs were first saved, with the value that gives what those runs did; a saved
+# configuration lacking one (where the current one has it) is read with this value, so older checkpoints still load
+_ADDED_DEFAULTS = {'proj': True, 'model.proj': True, 'train.precision': 'bf16'}
+
+def _upgrade_config(saved:dict, current:dict) -> dict:
+    "`saved` with keys added since filled in: the old `amp` switch becomes `precision` (on: 'bf16', off: 'fp32')."
+    s = dict(saved)
+    if 'train.amp' in s and 'train.precision' not in s: s['train.precision'] = 'bf16' if s.pop('train.amp') else 'fp32'
+    return s | {k: v for k, v in _ADDED_DEFAULTS.items() if k in current and k not in s}
+
 def _config_diff(a:dict, b:dict):
     "The first key whose value differs between two configurations, or None."
     for k in sorted(set(a) | set(b)):
@@ -79,8 +89,9 @@ def load_checkpoint(path, modules:dict, config:dict|None=None, keys=None):
     if not path.exists(): raise ItrError(f"checkpoint not found: {path}")
     meta = load_json(path.with_suffix('.json'), 'checkpoint configuration')
     if config is not None:
-        keys = keys or sorted(set(config) | set(meta['config']))
-        if d := _config_diff({k: config.get(k) for k in keys}, {k: meta['config'].get(k) for k in keys}):
+        saved = _upgrade_config(meta['config'], config)
+        keys = keys or sorted(set(config) | set(saved))
+        if d := _config_diff({k: config.get(k) for k in keys}, {k: saved.get(k) for k in keys}):
             raise ItrError(f"{path} was saved with another configuration: {d[0]} = {d[2]!r} there, {d[1]!r} here")
     try:
         from safetensors import safe_open
@@ -124,7 +135,7 @@ def load_train_state(path, model:nn.Module, loss_fn:nn.Module, opt, sch, config:
     except Exception as e: raise ItrError(f"{path}: unreadable resume checkpoint ({e})") from None
     if config is not None:
         a = {k: v for k, v in config.items() if k not in _RESUME_IGNORES}
-        b = {k: v for k, v in meta.get('config', {}).items() if k not in _RESUME_IGNORES}
+        b = {k: v for k, v in _upgrade_config(meta.get('config', {}), config).items() if k not in _RESUME_IGNORES}
         if d := _config_diff(a, b): raise ItrError(f"{path} was saved with another configuration: {d[0]} = {d[2]!r} there, {d[1]!r} here")
     _load_modules(path, dict(model=model, loss=loss_fn), tensors | {a: tensors[b] for a, b in meta['aliases'].items()})
     ostate = {}
@@ -152,12 +163,22 @@ class TrainConfig:
     lr_min: float = 1e-6
     weight_decay: float = 1e-4
     warmup_steps: int = 0
-    grad_clip: float = 2.0          # max gradient norm (TGDT's official value); 0 turns clipping off
+    grad_clip: float = 2.0          # max gradient norm (TGDT's official value); 0 turns clipping off (CUSA)
     seed: int = 0
     device: str = 'auto'
-    amp: bool = True                # bfloat16 autocast on CUDA only; fp32 on CPU
+    precision: str = 'bf16'         # 'bf16' | 'fp16' (with a GradScaler) | 'fp32': autocast on CUDA only, the CPU always runs fp32
     select: str = 'rsum'            # validation metric that chooses the best checkpoint (higher is better)
     ckpt_every: int = 0             # with an output folder, also save the resume state every this many steps (0: at epoch ends only)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS: raise ItrError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.grad_clip < 0: raise ItrError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
+
+PRECISIONS = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': None}
+
+def _amp_dtype(precision:str, device) -> torch.dtype|None:
+    "The autocast dtype of `precision` on `device`: None (fp32) for 'fp32' and on every device but CUDA."
+    return PRECISIONS[precision] if torch.device(device).type == 'cuda' else None
 
 # %% ../nbs/06_train.ipynb #a9a4ea42
 def _to(batch, device):
@@ -179,13 +200,15 @@ def fit(model:nn.Module, loss_fn:nn.Module, batches, steps_per_epoch:int, valida
     model.to(dev); loss_fn.to(dev)
     opt = torch.optim.AdamW(param_groups([model, loss_fn], cfg.weight_decay), lr=cfg.lr)
     sch = cosine_schedule(opt, cfg.epochs * steps_per_epoch, cfg.lr_min, cfg.warmup_steps)
-    use_amp = cfg.amp and dev.type == 'cuda'
+    amp = _amp_dtype(cfg.precision, dev)                       # None: fp32 (always on the CPU)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
     out_dir = Path(out_dir) if out_dir else None
     last = out_dir/'last.safetensors' if out_dir else None
     config = dict(model=model_config or {}, train=_train_config(cfg), steps_per_epoch=steps_per_epoch)
     history, best, start, skip, sums, n, secs = [], -math.inf, 0, 0, {}, 0, 0.0
     if resume and last is not None and last.exists():
         st = load_train_state(last, model, loss_fn, opt, sch, _flat_config(config))
+        if scaler.is_enabled() and st.get('grad_scaler'): scaler.load_state_dict(st['grad_scaler'])
         history, best, start, skip, sums, n, secs = st['history'], st['best'], st['epoch'], st['step'], st['sums'], st['step'], st['secs']
         if main_process and progress: print(f"resuming from {last}: epoch {start+1}, step {skip} of {steps_per_epoch}")
     elif resume and main_process and progress: print(f"nothing to resume in {out_dir}: starting afresh")
@@ -193,7 +216,7 @@ def fit(model:nn.Module, loss_fn:nn.Module, batches, steps_per_epoch:int, valida
     def checkpoint(ep, step, secs):
         if last is not None and main_process:
             save_train_state(last, model, loss_fn, opt, sch, dict(epoch=ep, step=step, sums=sums, secs=secs, history=history,
-                             best=best, config=_flat_config(config)))
+                             best=best, config=_flat_config(config), grad_scaler=scaler.state_dict()))
     for ep in range(start, cfg.epochs):
         if ep > start or not skip: sums, n, secs = {}, 0, 0.0
         model.train(); loss_fn.train(); t0 = time.perf_counter()
@@ -201,13 +224,15 @@ def fit(model:nn.Module, loss_fn:nn.Module, batches, steps_per_epoch:int, valida
                    disable=not (progress and main_process), leave=False)
         for batch in bar:
             batch = _to(batch, dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
                 parts = loss_fn(net, batch)
             loss = parts['loss']
             if not torch.isfinite(loss): raise FloatingPointError(f"loss is {loss.item()} at epoch {ep+1}, step {n}")
-            opt.zero_grad(set_to_none=True); loss.backward()
-            if cfg.grad_clip: nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g['params']], cfg.grad_clip)
-            opt.step(); sch.step()
+            opt.zero_grad(set_to_none=True); scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)                                   # clip the true gradients (a no-op without fp16)
+                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g['params']], cfg.grad_clip)
+            scaler.step(opt); scaler.update(); sch.step()
             clamp_temperatures_(model); clamp_temperatures_(loss_fn)
             for k, v in parts.items(): sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
             n += 1; bar.set_postfix(loss=f"{sums['loss']/n:.4f}")

@@ -8,7 +8,7 @@ Docs: https://itr-nb.github.io/itr_nb/ttd.html.md"""
 # %% ../nbs/11_ttd.ipynb #e7f3bfa6
 from __future__ import annotations
 import argparse, json, math
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
@@ -19,11 +19,12 @@ from .losses import ContrastiveLoss
 from .retrieval import SplitData, ModelConfig, pair_batches, steps_per_epoch, embed_split, evaluate_split
 
 # %% auto #0
-__all__ = ['STOP_WORDS', 'THETAS', 'THRESHOLDS', 'caption_tags', 'pad_tags', 'short_text_batch_fn', 'TagTruth', 'load_tag_truth',
-           'encode_dense', 'similarity_maps', 'pixel_scores', 'image_scores', 'minmax_tags', 'select_tags',
-           'selection_metrics', 'selection_auc', 'choose_theta', 'normalise_maps', 'mask_iou', 'embed_tags',
-           'dense_eval', 'dense_summary', 'ttd_targets', 'TTDObjective', 'add_lora', 'build_ttd_model', 'ttd_validate',
-           'train_ttd', 'example_maps', 'plot_examples', 'load_ttd_model', 'ttd_arguments', 'ttd_command']
+__all__ = ['STOP_WORDS', 'THETAS', 'THRESHOLDS', 'THETA', 'caption_tags', 'pad_tags', 'short_text_batch_fn', 'TagTruth',
+           'caption_truth', 'load_tag_truth', 'encode_dense', 'similarity_maps', 'pixel_scores', 'image_scores',
+           'minmax_tags', 'select_tags', 'selection_metrics', 'selection_auc', 'choose_theta', 'normalise_maps',
+           'mask_iou', 'embed_tags', 'dense_eval', 'dense_summary', 'ttd_targets', 'TTDObjective', 'add_lora',
+           'build_ttd_model', 'ttd_validate', 'train_ttd', 'example_maps', 'plot_examples', 'load_ttd_model',
+           'ttd_arguments', 'ttd_command']
 
 # %% ../nbs/11_ttd.ipynb #a9c6868d
 STOP_WORDS = frozenset('a an the of to on in at by for from with and or but is are was were be been it its this that these '
@@ -60,29 +61,42 @@ def short_text_batch_fn(p:float=0.3, # probability that a caption is replaced by
 # %% ../nbs/11_ttd.ipynb #a8266289
 @dataclass
 class TagTruth:
-    "A split's tag candidates with the objects each names, the objects each caption mentions, and the label maps."
-    tags: list          # per caption: candidate tags
-    objects: list       # per caption, per candidate: tuple of the object indices it names (empty: none)
-    cap_objects: list   # per caption: tuple of the objects it mentions
-    masks: Tensor       # [N,S,S] uint8 label maps of the split's images (0 background, k+1 object k)
+    "A split's tag candidates and, where the benchmark's annotations exist, the objects each names, the objects each caption mentions and the label maps."
+    tags: list                     # per caption: candidate tags
+    objects: list|None = None      # per caption, per candidate: tuple of the object indices it names (empty: none); None: no annotations
+    cap_objects: list|None = None  # per caption: tuple of the objects it mentions; None: no annotations
+    masks: Tensor|None = None      # [N,S,S] uint8 label maps of the split's images (0 background, k+1 object k); None: no masks
     stop_words: tuple = ()
 
-    def truth(self) -> Tensor:
-        "[C,T] bool, padded like `pad_tags`: the candidate names an object."
+    @property
+    def annotated(self) -> bool:
+        "Whether there is anything to score against: the objects the tags name and the masks."
+        return self.objects is not None and self.masks is not None
+
+    def truth(self) -> Tensor|None:
+        "[C,T] bool, padded like `pad_tags`: the candidate names an object (None without annotations)."
+        if self.objects is None: return None
         T = max([len(t) for t in self.tags] + [1])
         return torch.tensor([[bool(o) for o in os] + [False] * (T - len(os)) for os in self.objects], dtype=torch.bool)
 
     def __repr__(self):
-        n = sum(len(t) for t in self.tags); k = sum(bool(o) for os in self.objects for o in os)
+        n = sum(len(t) for t in self.tags)
+        if not self.annotated: return f"TagTruth({len(self.tags)} captions, {n} candidates from the captions' words, no annotations or masks)"
+        k = sum(bool(o) for os in self.objects for o in os)
         return f"TagTruth({len(self.tags)} captions, {n} candidates, {k} true tags, masks {tuple(self.masks.shape)})"
 
 # %% ../nbs/11_ttd.ipynb #035fe340
+def caption_truth(data:SplitData, stop_words=None) -> TagTruth:
+    "Candidates only, for a corpus without annotations: each caption's own words (`caption_tags`)."
+    return TagTruth([caption_tags(c, stop_words) for c in data.split.captions], stop_words=tuple(sorted(_stops(stop_words))))
+
 def load_tag_truth(dataset, data:SplitData, stop_words=None) -> TagTruth:
-    "Candidates and truth for every caption of `data` from the benchmark beside `dataset` (annotations.json, masks_<split>.npz)."
+    "Candidates and truth for every caption of `data` from the benchmark files beside `dataset`; candidates only where there are none."
     root = Path(dataset).parent
     ap, mp = root/'annotations.json', root/f'masks_{data.split.name}.npz'
+    if not ap.exists() and not mp.exists(): return caption_truth(data, stop_words)   # a plain Karpathy corpus
     for p in (ap, mp):
-        if not p.exists(): raise ItrError(f"{p}: not found (TTD's evaluation needs the embedded benchmark's annotations and masks)")
+        if not p.exists(): raise ItrError(f"{p}: not found, but {(mp if p == ap else ap).name} is there (the benchmark's truth needs both annotations.json and masks_<split>.npz)")
     by_sid = {c['sentid']: c for im in load_json(ap, 'benchmark annotations')['images'] for c in im['captions']}
     with np.load(mp) as z: masks, ids = z['masks'], z['imgids']
     row = {int(i): r for r, i in enumerate(ids)}
@@ -190,45 +204,53 @@ def embed_tags(model:DualEncoder, vocab:list, batch_size:int=512) -> Tensor:
 @torch.no_grad()
 def dense_eval(model:DualEncoder, data:SplitData, truth:TagTruth, argmax_only:bool=False, thresholds=THRESHOLDS,
                batch_size:int=32, device=None) -> dict:
-    "Scores and mask overlaps of `model` on `data`: image/pixel tag scores [C,T], IoU counts per threshold, coverage balance."
-    dev = device or next(model.parameters()).device
-    was = model.training; model.eval()
+    "Scores and mask overlaps of `model` on `data`: image/pixel tag scores [C,T]; with the truth, IoU counts per threshold and coverage balance."
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(dev); was = model.training; model.eval()
     vocab, idx, valid = pad_tags(truth.tags)
     E, Y = embed_tags(model, vocab).to(dev), embed_split(model, data, device=dev)['y'].to(dev)
-    t2i, S = torch.as_tensor(data.split.txt2img), truth.masks.shape[-1]
-    K = int(truth.masks.max()) + 1; C, T = idx.shape
-    tag_obj = torch.zeros(C, T, K, dtype=torch.bool); cap_obj = torch.zeros(C, K, dtype=torch.bool)
-    for c, (os, co) in enumerate(zip(truth.objects, truth.cap_objects)):
-        for t, o in enumerate(os): tag_obj[c, t, [k + 1 for k in o]] = True
-        cap_obj[c, [k + 1 for k in co]] = True
-    th = torch.as_tensor(np.asarray(thresholds), dtype=torch.float32)
-    out = dict(image=torch.zeros(C, T), pixel=torch.zeros(C, T), cap_inter=torch.zeros(C, len(th)), cap_union=torch.zeros(C, len(th)),
-               tag_inter=torch.zeros(C, T, len(th)), tag_union=torch.zeros(C, T, len(th)), true_inter=torch.zeros(C, len(th)),
-               true_union=torch.zeros(C, len(th)), balance=torch.full((C,), math.nan))
+    t2i = torch.as_tensor(data.split.txt2img); C, T = idx.shape
+    out = dict(image=torch.zeros(C, T), pixel=torch.zeros(C, T))
+    ann = truth.annotated                                                               # masks and objects: the IoU counts too
+    if ann:
+        S, K = truth.masks.shape[-1], int(truth.masks.max()) + 1
+        tag_obj = torch.zeros(C, T, K, dtype=torch.bool); cap_obj = torch.zeros(C, K, dtype=torch.bool)
+        for c, (os, co) in enumerate(zip(truth.objects, truth.cap_objects)):
+            for t, o in enumerate(os): tag_obj[c, t, [k + 1 for k in o]] = True
+            cap_obj[c, [k + 1 for k in co]] = True
+        tag_obj, cap_obj = tag_obj.to(dev), cap_obj.to(dev)
+        th = torch.as_tensor(np.asarray(thresholds), dtype=torch.float32, device=dev)
+        out |= dict(cap_inter=torch.zeros(C, len(th)), cap_union=torch.zeros(C, len(th)), tag_inter=torch.zeros(C, T, len(th)),
+                    tag_union=torch.zeros(C, T, len(th)), true_inter=torch.zeros(C, len(th)), true_union=torch.zeros(C, len(th)),
+                    balance=torch.full((C,), math.nan))
     for b in range(0, data.n_images, batch_size):
         i = torch.arange(b, min(b + batch_size, data.n_images))
-        r = encode_dense(model, data.images[i].float().div_(255).to(dev))
+        r = encode_dense(model, data.images[i].to(dev).float().div_(255))
         c = torch.nonzero((t2i >= b) & (t2i < b + len(i))).squeeze(1)
-        rows = t2i[c] - b
-        Ft, Et = r['dense'][rows], E[idx[c]]
+        rows = (t2i[c] - b).to(dev)
+        Ft, Et = r['dense'][rows], E[idx[c].to(dev)]
         A_tag = similarity_maps(Ft, Et)
         out['image'][c] = minmax_tags(image_scores(r['x'][rows], Et).cpu(), valid[c])
         out['pixel'][c] = minmax_tags(pixel_scores(A_tag, valid[c].to(dev), argmax_only).cpu(), valid[c])
-        cap = normalise_maps(similarity_maps(Ft, Y[c], S)).cpu()                        # [c,S,S]
-        tag = normalise_maps(similarity_maps(Ft, Et, S)).cpu()                          # [c,T,S,S]
-        lab = F.one_hot(truth.masks[t2i[c]].long(), K).bool()                           # [c,S,S,K]
-        cm = (lab & cap_obj[c][:, None, None]).any(-1)                                  # caption's true mask
-        tm = torch.einsum('cxyk,ctk->ctxy', lab.float(), tag_obj[c].float()) > 0         # each tag's true mask
-        tu = (tag * tag_obj[c].any(-1)[..., None, None]).amax(1)                         # union of the true tags' maps
-        for k, v in enumerate(th):
-            p = cap >= v; out['cap_inter'][c, k] = (p & cm).sum((-2, -1)).float(); out['cap_union'][c, k] = (p | cm).sum((-2, -1)).float()
-            p = tag >= v; out['tag_inter'][c, :, k] = (p & tm).sum((-2, -1)).float(); out['tag_union'][c, :, k] = (p | tm).sum((-2, -1)).float()
-            p = tu >= v; out['true_inter'][c, k] = (p & cm).sum((-2, -1)).float(); out['true_union'][c, k] = (p | cm).sum((-2, -1)).float()
+        if not ann: continue
+        cd = c.to(dev)
+        cap = normalise_maps(similarity_maps(Ft, Y[cd], S))                             # [c,S,S]
+        tag = normalise_maps(similarity_maps(Ft, Et, S))                                # [c,T,S,S]
+        lab = F.one_hot(truth.masks[t2i[c]].to(dev).long(), K).bool()                   # [c,S,S,K]
+        cm = (lab & cap_obj[cd][:, None, None]).any(-1)                                 # caption's true mask
+        tm = torch.einsum('cxyk,ctk->ctxy', lab.float(), tag_obj[cd].float()) > 0        # each tag's true mask
+        tu = (tag * tag_obj[cd].any(-1)[..., None, None]).amax(1)                        # union of the true tags' maps
+        def count(p, q):   # per threshold: pixels in both, in either
+            ps = torch.stack([p >= v for v in th], -1); q = q[..., None]
+            return (ps & q).sum((-3, -2)).float().cpu(), (ps | q).sum((-3, -2)).float().cpu()
+        out['cap_inter'][c], out['cap_union'][c] = count(cap, cm)
+        out['tag_inter'][c], out['tag_union'][c] = count(tag, tm)
+        out['true_inter'][c], out['true_union'][c] = count(tu, cm)
         resp = torch.einsum('cxy,cxyk->ck', cap, lab.float()) / lab.sum((1, 2)).clamp_min(1)   # mean response per object
-        resp = resp.masked_fill(~cap_obj[c], math.nan)[:, 1:]
-        multi = cap_obj[c][:, 1:].sum(1) >= 2
+        resp = resp.masked_fill(~cap_obj[cd], math.nan)[:, 1:]
+        multi = cap_obj[cd][:, 1:].sum(1) >= 2
         bal = resp.nan_to_num(math.inf).amin(1) / resp.nan_to_num(-math.inf).amax(1).clamp_min(1e-12)
-        out['balance'][c] = torch.where(multi, bal, torch.full_like(bal, math.nan))
+        out['balance'][c] = torch.where(multi, bal, torch.full_like(bal, math.nan)).cpu()
     model.train(was)
     return out | dict(valid=valid, truth=truth.truth(), idx=idx, vocab=vocab, thresholds=np.asarray(thresholds))
 
@@ -241,18 +263,24 @@ def _tag_miou(ev, k) -> float:
 
 def _cap_miou(ev, k, key='cap') -> float: return float(100 * (ev[f'{key}_inter'][:, k] / ev[f'{key}_union'][:, k].clamp_min(1)).mean())
 
+THETA = 0.5   # the selection threshold where no truth can choose one (TTDObjective's default)
+
 def dense_summary(val:dict, test:dict, theta:dict|None=None) -> dict:
-    "Test-split numbers with thresholds chosen on `val` (or given in `theta` as {'image': .., 'pixel': ..})."
+    "Test-split numbers with thresholds chosen on `val` (or given in `theta` as {'image': .., 'pixel': ..}); truth-based ones where there is truth."
     out, theta = {}, dict(theta or {})
-    out['select_all_f1'] = selection_metrics(test['valid'], test['truth'], test['valid'])['f1']  # trivial reference: every candidate
+    known = test['truth'] is not None
+    if known: out['select_all_f1'] = selection_metrics(test['valid'], test['truth'], test['valid'])['f1']  # trivial reference: every candidate
     for s in ('image', 'pixel'):
-        th = theta.get(s, choose_theta(val[s], val['truth'], val['valid']))
+        th = theta.get(s, choose_theta(val[s], val['truth'], val['valid']) if val['truth'] is not None else THETA)
         sel = select_tags(test[s], test['valid'], th)
-        out |= {f'{s}_theta': th} | {f'{s}_{k}': v for k, v in selection_metrics(sel, test['truth'], test['valid']).items()}
+        out |= {f'{s}_theta': th, f'{s}_selected_share': float(100 * sel.sum() / test['valid'].sum().clamp_min(1))}
+        if not known: continue
+        out |= {f'{s}_{k}': v for k, v in selection_metrics(sel, test['truth'], test['valid']).items()}
         out[f'{s}_auc'] = selection_auc(test[s], test['truth'], test['valid'])
         ntrue = (test['truth'] & test['valid']).sum(1)
         multi = ntrue >= 2
         out[f'single_tag_share_{s}'] = float(100 * ((sel & test['truth']).sum(1)[multi] <= 1).float().mean()) if multi.any() else math.nan
+    if 'cap_inter' not in val or 'cap_inter' not in test: return out                  # no masks: no mask metrics
     kc = int(np.nanargmax([_cap_miou(val, k) for k in range(len(val['thresholds']))]))
     kt = int(np.nanargmax([_tag_miou(val, k) for k in range(len(val['thresholds']))]))
     ku = int(np.nanargmax([_cap_miou(val, k, 'true') for k in range(len(val['thresholds']))]))
@@ -325,18 +353,23 @@ def build_ttd_model(cfg:ModelConfig, seed:int=0, image_kw:dict|None=None) -> Dua
     "`retrieval.build_model` with keyword arguments for the image encoder (e.g. small-cnn widths)."
     seed_everything(seed)
     return DualEncoder(image_encoder(cfg.image_encoder, **(image_kw or {})), text_encoder(cfg.text_encoder), cfg.dim,
-                       freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text)
+                       freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text, proj=cfg.proj)
 
 def ttd_validate(model:DualEncoder, val:SplitData, truth:TagTruth, theta:float, argmax_only:bool=False) -> dict:
-    "Validation numbers for `fit`: retrieval metrics, caption mIoU at mask threshold 0.5, pixel-level tag F1 at `theta`."
+    "Validation numbers for `fit`: retrieval metrics and, with the truth, caption mIoU at mask threshold 0.5 and pixel-level tag F1 at `theta`."
+    ret = evaluate_split(model, val, uni=False)
+    if not truth.annotated: return ret
     ev = dense_eval(model, val, truth, argmax_only, thresholds=[0.5])
     f1 = selection_metrics(select_tags(ev['pixel'], ev['valid'], theta), ev['truth'], ev['valid'])['f1']
-    return evaluate_split(model, val, uni=False) | dict(cap_miou=_cap_miou(ev, 0), tag_f1=f1)
+    return ret | dict(cap_miou=_cap_miou(ev, 0), tag_f1=f1)
 
 def train_ttd(model:DualEncoder, objective:TTDObjective, train:SplitData, val:SplitData, val_truth:TagTruth, train_cfg,
               batch_size:int=128, out_dir=None, model_config:dict|None=None, progress:bool=True) -> list:
     "Fine-tune `model` with `objective`; the best epoch on `train_cfg.select` is loaded back; returns the history."
     from itr_nb.train import fit, load_checkpoint
+    if not val_truth.annotated and train_cfg.select in ('tag_f1', 'cap_miou'):
+        if progress: print(f"no annotations to compute {train_cfg.select} on: the best TTD epoch is chosen by rsum")
+        train_cfg = replace(train_cfg, select='rsum')
     hist = fit(model, objective, lambda ep: pair_batches(train, batch_size, ep, train_cfg.seed), steps_per_epoch(train, batch_size),
                lambda m: ttd_validate(m, val, val_truth, objective.theta, objective.argmax_only), train_cfg, out_dir, model_config, progress)
     if out_dir and (Path(out_dir)/'best.safetensors').exists():
@@ -346,9 +379,10 @@ def train_ttd(model:DualEncoder, objective:TTDObjective, train:SplitData, val:Sp
 # %% ../nbs/11_ttd.ipynb #a2f52b52
 @torch.no_grad()
 def example_maps(model:DualEncoder, data:SplitData, truth:TagTruth, caps, theta:float, argmax_only:bool=False, max_tags:int=4) -> list:
-    "For captions `caps`: image, caption text, caption map and true mask, and its first `max_tags` true tags' maps, masks and selection."
+    "For captions `caps`: image, caption text, caption map and true mask, and its first `max_tags` true tags' (or, without truth, tags') maps, masks and selection."
     was = model.training; model.eval(); out = []
-    S = truth.masks.shape[-1]
+    ann = truth.annotated
+    S = truth.masks.shape[-1] if ann else data.images.shape[-1]
     for c in caps:
         i = int(data.split.txt2img[c]); img = data.images[i:i + 1].float() / 255
         r = encode_dense(model, img.to(next(model.parameters()).device))
@@ -356,14 +390,14 @@ def example_maps(model:DualEncoder, data:SplitData, truth:TagTruth, caps, theta:
         A = similarity_maps(r['dense'], E[None])
         v = torch.ones(1, len(ts), dtype=torch.bool, device=A.device)
         sel = select_tags(minmax_tags(pixel_scores(A, v, argmax_only), v), v, theta)[0].cpu()
-        lab = truth.masks[i]
-        keep = [t for t in range(len(ts)) if truth.objects[c][t]][:max_tags]
+        lab = truth.masks[i] if ann else None
+        keep = [t for t in range(len(ts)) if not ann or truth.objects[c][t]][:max_tags]
         out.append(dict(image=img[0].permute(1, 2, 0).numpy(), caption=data.split.captions[c],
                         cap_map=normalise_maps(similarity_maps(r['dense'], model.encode_text([data.split.captions[c]])['y'], S))[0].cpu().numpy(),
-                        cap_mask=np.isin(lab.numpy(), [k + 1 for k in truth.cap_objects[c]]),
+                        cap_mask=np.isin(lab.numpy(), [k + 1 for k in truth.cap_objects[c]]) if ann else None,
                         tags=[ts[t] for t in keep], selected=[bool(sel[t]) for t in keep],
                         tag_maps=normalise_maps(similarity_maps(r['dense'], E[None], S))[0, keep].cpu().numpy(),
-                        tag_masks=[np.isin(lab.numpy(), [k + 1 for k in truth.objects[c][t]]) for t in keep]))
+                        tag_masks=[np.isin(lab.numpy(), [k + 1 for k in truth.objects[c][t]]) if ann else None for t in keep]))
     model.train(was)
     return out
 
@@ -379,11 +413,13 @@ def plot_examples(examples:dict, path=None, max_tags:int=4):
             for a in row: a.axis('off')
             row[0].imshow(ex['image']); row[0].set_title(('' if mi else ex['caption'][:38]), fontsize=6, loc='left')
             row[0].text(-0.1, 0.5, nm, transform=row[0].transAxes, rotation=90, va='center', ha='right', fontsize=7)
-            row[1].imshow(ex['cap_map'], cmap='viridis', vmin=0, vmax=1); row[1].contour(ex['cap_mask'], [0.5], colors='w', linewidths=0.7)
+            row[1].imshow(ex['cap_map'], cmap='viridis', vmin=0, vmax=1)
+            if ex['cap_mask'] is not None: row[1].contour(ex['cap_mask'], [0.5], colors='w', linewidths=0.7)
             row[1].set_title('caption map', fontsize=6)
             for k, (t, s, m, mk) in enumerate(zip(ex['tags'], ex['selected'], ex['tag_maps'], ex['tag_masks'])):
                 if k >= max_tags: break
-                row[2 + k].imshow(m, cmap='viridis', vmin=0, vmax=1); row[2 + k].contour(mk, [0.5], colors='w', linewidths=0.7)
+                row[2 + k].imshow(m, cmap='viridis', vmin=0, vmax=1)
+                if mk is not None: row[2 + k].contour(mk, [0.5], colors='w', linewidths=0.7)
                 row[2 + k].set_title(f"{t} ({'sel' if s else 'rej'})", fontsize=6)
     fig.tight_layout()
     if path:
@@ -404,7 +440,7 @@ def load_ttd_model(path) -> DualEncoder:
 def ttd_arguments(parser:argparse.ArgumentParser):
     "Arguments of `itr-nb ttd`."
     parser.add_argument('checkpoint', help='best.safetensors of a trained dual encoder (its .json beside it)')
-    parser.add_argument('--dataset', default=None, help='Karpathy JSON of the embedded benchmark (default: data/synth/dataset.json)')
+    parser.add_argument('--dataset', default=None, help='Karpathy JSON (default: data/synth/dataset.json); the benchmark\'s annotations and masks beside it give the truth')
     parser.add_argument('--image-size', type=int, default=64, help='image side in pixels')
     parser.add_argument('--limit', type=int, default=0, help='first N val and test images only (0: all)')
     parser.add_argument('--argmax-only', action='store_true', help='pixel score only over pixels a tag wins')

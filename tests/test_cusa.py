@@ -179,6 +179,20 @@ def test_hf_and_sentence_transformers_teachers(tmp_path):
     mini = Teacher('minilm', 'text')(['a red circle', 'two blue squares']).global_   # mean pooling, not normalised
     assert torch.allclose(F.normalize(mini, dim=-1), F.normalize(ref, dim=-1), atol=1e-5)
 
+def test_open_clip_teachers(tmp_path):
+    "open_clip:<folder> as CUSA's image and text teachers: open_clip's own embeddings of the images and the captions."
+    import open_clip
+    from itr_nb.encoders import tiny_open_clip
+    d = tiny_open_clip(tmp_path/'oc')
+    ref = open_clip.create_model(f'local-dir:{d}').eval(); tok = open_clip.get_tokenizer(f'local-dir:{d}')
+    imgs, caps = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), ['a red circle', 'two blue squares']
+    it, tt = Teacher(f'open_clip:{d}', 'image'), Teacher(f'open_clip:{d}', 'text')
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)   # the folder's preprocess_cfg
+    with torch.no_grad():
+        assert torch.allclose(it(imgs).global_, ref.encode_image((imgs.float() / 255 - mean) / std), atol=1e-5)
+        assert torch.allclose(tt(caps).global_, ref.encode_text(tok(caps)), atol=1e-5)
+    assert it.spec == f'image-teacher:open_clip:{d}'
+
 def test_teacher_auc_against_brute_force():
     g = torch.Generator().manual_seed(0)
     f = torch.randn(9, 4, generator=g); rel = np.zeros((9, 9), bool); rel[[0, 1, 2, 5], [1, 0, 5, 2]] = True

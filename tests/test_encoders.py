@@ -197,3 +197,135 @@ def test_feature_cache_text_masks(tmp_path):
     assert torch.allclose(o.take([2]).tokens.double(), ref.tokens, rtol=F32, atol=1e-300) and torch.allclose(o.global_[2].double(), ref.global_[0], rtol=F32, atol=1e-300)
     o2 = cached_features(enc, {'d': 1}, CAPS, tmp_path/'t.safetensors', tokens=False)   # other options: rebuilt without tokens
     assert o2.tokens is None and o2.mask is None
+
+# --- open_clip towers (issue 17): a tiny random open_clip model in open_clip's own folder layout, written here
+
+@pytest.fixture(scope='module')
+def oc_dir(tmp_path_factory):
+    from itr_nb.encoders import tiny_open_clip
+    return tiny_open_clip(tmp_path_factory.mktemp('oc')/'tiny')
+
+def _open_clip_reference(path):
+    import open_clip
+    model, _, pre = open_clip.create_model_and_transforms(f'local-dir:{path}')
+    return model.eval().double(), pre, open_clip.get_tokenizer(f'local-dir:{path}')
+
+def _photos():
+    "scikit-learn's two sample photos (427 x 640), one of them also cut to a tall crop: three aspect ratios."
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+    a, b = (Image.fromarray(load_sample_image(f)) for f in ('china.jpg', 'flower.jpg'))
+    return [a, b, b.crop((100, 0, 300, 427))]
+
+def test_open_clip_towers_match_open_clip_float64(oc_dir):
+    "Global embeddings and tokens against open_clip's own encode_image(preprocess(img)) / encode_text(tokenizer(texts)), in float64."
+    ref, pre, tok = _open_clip_reference(oc_dir)
+    ie, te = image_encoder(f'open_clip:{oc_dir}').eval().double(), text_encoder(f'open_clip:{oc_dir}').eval().double()
+    to01 = type(pre)(pre.transforms[:-1])          # open_clip's own resize, crop, to-tensor; the encoder normalises itself
+    imgs = _photos()
+    with torch.no_grad():
+        x01 = torch.stack([to01(im) for im in imgs]).double()
+        xn = pre.transforms[-1](x01)                 # open_clip's Normalize, applied in float64
+        oi, ot = ie(x01), te(CAPS)
+        ri = ref.encode_image(xn)
+        ids = tok(CAPS); rt = ref.encode_text(ids)
+        ref.visual.output_tokens = True; _, rtok = ref.visual(xn)
+        seen = {}; h = ref.ln_final.register_forward_hook(lambda m, a, o: seen.setdefault('t', o)); ref.encode_text(ids); h.remove()
+    assert oi.global_.dtype == torch.float64 and oi.global_.shape == (3, 16) and ot.global_.shape == (3, 16)
+    assert torch.allclose(oi.global_, ri, atol=1e-10) and torch.allclose(ot.global_, rt, atol=1e-10)
+    assert oi.tokens.shape == (3, 16, 32) and torch.allclose(oi.tokens, rtok, atol=1e-10)
+    L = [int((r == tok.eot_token_id).nonzero()[0]) + 1 for r in ids]          # start, words, end of text
+    assert ot.mask.sum(1).tolist() == L and ot.tokens.shape == (3, max(L), 32)
+    assert torch.allclose(ot.tokens, seen['t'][:, :max(L)], atol=1e-10)
+
+def test_open_clip_preprocess_cfg_from_open_clip(oc_dir):
+    import open_clip
+    ie = image_encoder(f'open_clip:{oc_dir}')
+    c = open_clip.create_model(f'local-dir:{oc_dir}').visual.preprocess_cfg
+    p = ie.preprocess_cfg()
+    assert (p['size'], p['resize'], p['interpolation']) == (32, 'crop', c['interpolation']) and c['resize_mode'] == 'shortest'
+    assert p['mean'] == tuple(c['mean']) == (0.5, 0.4, 0.3) and p['std'] == tuple(c['std'])
+    # open_clip's own overrides pass through, as in create_model_and_transforms
+    assert image_encoder(f'open_clip:{oc_dir}', image_mean=(0.1, 0.2, 0.3)).preprocess_cfg()['mean'] == (0.1, 0.2, 0.3)
+
+def test_open_clip_other_input_size_is_resized(oc_dir):
+    ie = image_encoder(f'open_clip:{oc_dir}').eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad(): a, b = ie(x), ie(F.interpolate(x, size=(32, 32), mode='bilinear', antialias=True, align_corners=False))
+    assert torch.allclose(a.global_, b.global_, atol=1e-6)
+
+def test_open_clip_maskclip_dense_by_hand(oc_dir):
+    "MaskCLIP on an open_clip ViT against the weights written out: the last block's input (caught in open_clip's forward), ln_1, value rows of in_proj, out_proj, ln_post, proj."
+    ie = image_encoder(f'open_clip:{oc_dir}').eval().double()
+    v, seen = ie.visual, {}
+    blk = v.transformer.resblocks[-1]
+    hook = blk.register_forward_pre_hook(lambda mod, args: seen.setdefault('h', args[0]))
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad(): tokens, d = ie(x).tokens, ie.dense(x)
+    hook.remove()
+    C = v.transformer.width
+    with torch.no_grad():
+        y = F.layer_norm(seen['h'][:, 1:], (C,), blk.ln_1.weight, blk.ln_1.bias, blk.ln_1.eps)
+        val = y @ blk.attn.in_proj_weight[2 * C:].T + blk.attn.in_proj_bias[2 * C:]
+        o = val @ blk.attn.out_proj.weight.T + blk.attn.out_proj.bias
+        ref = F.layer_norm(o, (C,), v.ln_post.weight, v.ln_post.bias, v.ln_post.eps) @ v.proj
+    assert d.shape == (2, 16, 16) and torch.allclose(d, ref, atol=1e-10)
+    assert not torch.allclose(d, tokens @ v.proj, atol=1e-3)     # not the ordinary tokens
+
+def test_open_clip_arch_and_checkpoint(oc_dir, tmp_path):
+    "open_clip:<arch>:<checkpoint>: a built-in architecture (the tiny config registered as one) and a checkpoint file."
+    import open_clip
+    cfg = json.loads((oc_dir/'open_clip_config.json').read_text())['model_cfg']
+    (tmp_path/'itr-tiny-test.json').write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path/'itr-tiny-test.json')
+    ckpt = str(oc_dir/'open_clip_model.safetensors')
+    a = image_encoder(f'open_clip:{oc_dir}').eval()
+    b = image_encoder(f'open_clip:itr-tiny-test:{ckpt}', image_mean=(0.5, 0.4, 0.3), image_std=(0.2, 0.25, 0.3)).eval()   # the folder's statistics
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad(): assert torch.allclose(a(x).global_, b(x).global_, atol=1e-6)
+    c = image_encoder(f'open_clip:itr-tiny-test:{ckpt}')
+    assert c.preprocess_cfg()['mean'] == (0.48145466, 0.4578275, 0.40821073)   # open_clip's default for an architecture + file
+    with torch.no_grad(): assert torch.allclose(text_encoder(f'open_clip:{oc_dir}')(CAPS).global_, text_encoder(f'open_clip:itr-tiny-test:{ckpt}')(CAPS).global_, atol=1e-6)
+    with pytest.raises(ItrError, match='not found locally'): image_encoder(f'open_clip:itr-tiny-test:{tmp_path}/none.safetensors')
+    with pytest.raises(ItrError, match="not one of open_clip's built-in"): image_encoder(f'open_clip:No-Such-ViT:{ckpt}')
+    torch.save({'visual.proj': torch.zeros(3)}, tmp_path/'wrong.pt')
+    with pytest.raises(ItrError, match='open_clip:itr-tiny-test'): image_encoder(f'open_clip:itr-tiny-test:{tmp_path}/wrong.pt')
+
+def test_open_clip_bad_folders(tmp_path):
+    with pytest.raises(ItrError, match='not found locally'): image_encoder(f'open_clip:{tmp_path}/none')
+    with pytest.raises(ItrError, match='no open_clip_config.json'): text_encoder(f'open_clip:{tmp_path}')
+
+def test_open_clip_in_dual_encoder_trains(oc_dir):
+    de = DualEncoder(image_encoder(f'open_clip:{oc_dir}'), text_encoder(f'open_clip:{oc_dir}'), dim=16, proj=False)
+    r = de(torch.rand(2, 3, 32, 32), CAPS[:2])
+    (r['x'] * r['y']).sum().backward()
+    assert de.image_enc.visual.conv1.weight.grad is not None and r['img_tokens'].shape == (2, 16, 16)
+
+# --- preprocessing each image encoder asks for (issue 17): one convention, `preprocess_cfg()`
+
+def test_preprocess_cfg_every_image_encoder(tiny_dir):
+    from timm.data import resolve_data_config
+    keys = {'size', 'resize', 'interpolation', 'crop_pct', 'mean', 'std'}
+    small = image_encoder('small-cnn').preprocess_cfg()
+    assert set(small) == keys and small['size'] is None and small['resize'] is None
+    t = image_encoder('timm:resnet10t'); c = resolve_data_config({}, model=t.model); p = t.preprocess_cfg()
+    assert (p['size'], p['interpolation'], p['crop_pct'], p['mean'], p['std']) == (c['input_size'][-1], c['interpolation'], c['crop_pct'], c['mean'], c['std'])
+    e = image_encoder('efficientnet-lite0', pretrained=False).preprocess_cfg()
+    assert (e['size'], e['resize'], e['mean']) == (224, 'crop', (0.5, 0.5, 0.5))
+    assert image_encoder(f'clip:{tiny_dir/"clip"}').preprocess_cfg()['size'] == 32    # no processor saved: CLIP's defaults
+    from transformers import CLIPImageProcessor
+    d = tiny_dir/'clip_pp'; tiny_clip(d)
+    CLIPImageProcessor(size={'shortest_edge': 40}, crop_size={'height': 32, 'width': 32}, image_mean=[0.1, 0.2, 0.3], image_std=[0.3, 0.2, 0.1], resample=2).save_pretrained(d)
+    ci = image_encoder(f'clip:{d}'); p = ci.preprocess_cfg()
+    assert (p['size'], p['interpolation'], p['crop_pct'], p['mean'], p['std']) == (32, 'bilinear', 0.8, (0.1, 0.2, 0.3), (0.3, 0.2, 0.1))
+    assert torch.allclose(ci.mean.flatten(), torch.tensor([0.1, 0.2, 0.3]))   # and the tower normalises with it
+
+def test_dual_encoder_without_projection():
+    "proj=False (CUSA's layout): the heads take the backbone's embedding itself; a dim of another size is refused."
+    de = DualEncoder(image_encoder('small-cnn'), text_encoder('small-transformer', dim=128), dim=128, proj=False).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        r, o = de.encode_image(x), de.image_enc(x)
+        assert torch.allclose(r['x'], F.normalize(de.img_head(o.global_), dim=-1), atol=1e-6)
+    assert not any(isinstance(m, torch.nn.Linear) for m in (de.img_proj, de.txt_proj))
+    with pytest.raises(ItrError, match='dim must be 128'): DualEncoder(image_encoder('small-cnn'), text_encoder('small-transformer'), dim=64, proj=False)

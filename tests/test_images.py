@@ -141,3 +141,20 @@ def test_image_store_rows_equal_the_in_memory_path_and_limit_reads_the_whole_cac
     part = load_split(ds, 'test', 24, resize='crop', limit=4, cache_dir=tmp_path/'c', progress=False)
     assert part.images.path == full.images.path and torch.equal(part.images[:], mem.images[:4])
     assert len(list((tmp_path/'c').iterdir())) == 1
+
+def test_chain_matches_open_clip_transform(photo_set, tmp_path):
+    "Cached uint8 -> OpenCLIPImage's normalisation equals open_clip's own eval transform (create_model_and_transforms), on the photos."
+    import open_clip
+    from itr_nb.encoders import tiny_open_clip, OpenCLIPImage
+    d, files = photo_set
+    oc = tiny_open_clip(tmp_path/'oc')
+    _, _, tf = open_clip.create_model_and_transforms(f'local-dir:{oc}')
+    enc = OpenCLIPImage(str(oc))
+    pre = image_preprocess(f'open_clip:{oc}')
+    assert (pre.size, pre.resize, pre.crop_offset, pre.interpolation) == (32, 'crop', 'round', 'bicubic')
+    data = load_split(d/'dataset.json', 'test', preprocess=pre, cache_dir=tmp_path/'cache', progress=False)
+    std = enc.std.float()
+    ours = (data.images[:].float() / 255 - enc.mean.float()) / std
+    ref = torch.stack([tf(Image.open(d/f)) for f in files])
+    assert ours.shape == ref.shape
+    assert _worst(ours, ref, std) <= 1 + 1e-3, _worst(ours, ref, std)

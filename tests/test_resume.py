@@ -76,3 +76,54 @@ def test_resume_refuses_another_configuration(tiny_benchmark, tmp_path):
         train_retrieval(tr, va, ModelConfig(dim=16), TrainConfig(epochs=1, lr=2e-3, device='cpu'), batch_size=16, out_dir=tmp_path, progress=False, resume=True)
     with pytest.raises(ItrError, match=r"model\.dim = 16 there, 8 here"):
         train_retrieval(tr, va, ModelConfig(dim=8), TrainConfig(epochs=1, lr=1e-3, device='cpu'), batch_size=16, out_dir=tmp_path, progress=False, resume=True)
+
+class _Toy(torch.nn.Module):
+    def __init__(self): super().__init__(); self.f = torch.nn.Linear(8, 8)
+
+class _BigLoss(torch.nn.Module):
+    "A summed squared error large enough that float16 gradients overflow at the GradScaler's initial scale (65536)."
+    def forward(self, model, b): return dict(loss=((model.f(b['x']).float() - b['y']) ** 2).sum() * 10)
+
+def _toy_data():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 8, generator=g); Y = X @ torch.randn(8, 8, generator=g)
+    return (lambda ep: ({'x': X[i:i + 16], 'y': Y[i:i + 16]} for i in range(0, 64, 16))), (lambda m: dict(rsum=-float(((m.f(X) - Y) ** 2).mean())))
+
+def test_fp16_grad_scaler_state_resumes(tmp_path, monkeypatch):
+    "fp16 with its GradScaler (forced onto the CPU here, where autocast is otherwise off): the scaler's state is saved and restored, so a resumed run matches one never stopped."
+    import itr_nb.train as T
+    monkeypatch.setattr(T, '_amp_dtype', lambda precision, device: T.PRECISIONS[precision])
+    batches, validate = _toy_data()
+    cfg = T.TrainConfig(epochs=3, lr=1e-3, device='cpu', precision='fp16', grad_clip=1.0, ckpt_every=2)
+    class Stop(Exception): pass
+    def stopping(ep):
+        for k, b in enumerate(batches(ep)):
+            if ep == 1 and k == 3: raise Stop
+            yield b
+    torch.manual_seed(0); full = T.fit(_Toy(), _BigLoss(), batches, 4, validate, cfg, tmp_path/'a', progress=False)
+    with safe_open(str(tmp_path/'a'/'last.safetensors'), 'pt') as f: meta = json.loads(f.metadata()['itr_nb_train_state'])
+    assert meta['grad_scaler']['scale'] < 65536.0             # overflowing steps were skipped and the scale backed off
+    torch.manual_seed(0)
+    with pytest.raises(Stop): T.fit(_Toy(), _BigLoss(), stopping, 4, validate, cfg, tmp_path/'b', progress=False)
+    torch.manual_seed(5); resumed = T.fit(_Toy(), _BigLoss(), batches, 4, validate, cfg, tmp_path/'b', progress=False, resume=True)
+    assert _strip(resumed) == _strip(full)
+    wa, wb = load_file(tmp_path/'a'/'best.safetensors'), load_file(tmp_path/'b'/'best.safetensors')
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+def test_resume_state_from_before_precision(tmp_path):
+    "A resume state written when TrainConfig had `amp` (and ModelConfig no `proj`) resumes as bf16 / proj=True, and is refused for another precision."
+    import itr_nb.train as T
+    from itr_nb.core import ItrError
+    batches, validate = _toy_data()
+    cfg = T.TrainConfig(epochs=1, lr=1e-3, device='cpu')
+    T.fit(_Toy(), _BigLoss(), batches, 4, validate, cfg, tmp_path, dict(dim=8, proj=True), progress=False)
+    p = tmp_path/'last.safetensors'
+    with safe_open(str(p), 'pt') as f: meta = json.loads(f.metadata()['itr_nb_train_state'])
+    c = meta['config']; c.pop('train.precision'); c.pop('model.proj'); c['train.amp'] = True   # as written before issue 17
+    tensors = load_file(p)
+    from safetensors.torch import save_file
+    save_file(tensors, p, metadata={'itr_nb_train_state': json.dumps(meta)})
+    h = T.fit(_Toy(), _BigLoss(), batches, 4, validate, cfg, tmp_path, dict(dim=8, proj=True), progress=False, resume=True)
+    assert len(h) == 1                                          # accepted: the finished epoch is read back
+    with pytest.raises(ItrError, match=r"train\.precision = 'bf16' there, 'fp32' here"):
+        T.fit(_Toy(), _BigLoss(), batches, 4, validate, T.TrainConfig(epochs=1, lr=1e-3, device='cpu', precision='fp32'), tmp_path, dict(dim=8, proj=True), progress=False, resume=True)

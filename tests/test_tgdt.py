@@ -3,8 +3,8 @@ import json
 import numpy as np, pytest, torch, torch.nn.functional as F
 from itr_nb.core import ItrError
 from itr_nb.metrics import recall_metrics
-from itr_nb.tgdt import (local_sim, candidate_local_sim, triplet_hardest, intra_consistency, TGDTObjective, two_stage,
-                         ranking_scores, TokenTransformer)
+from itr_nb.tgdt import (local_sim, candidate_local_sim, pair_local_sim, triplet_hardest, intra_consistency, TGDTObjective, two_stage,
+                         ranking_scores, TokenTransformer, TGDT, image_token_count, embed_tokens, evaluate_tgdt)
 
 
 def rand_case(n=5, m=9, R=4, W=5, d=6, seed=0):
@@ -171,3 +171,85 @@ def test_template_through_papermill(tiny_benchmark, tmp_path):
         assert m[f'{w}_rsum'] == pytest.approx(sum(six)) and m[f'{w}_secs'] > 0 and f'{w}_ext_t2i_mAP@R' in m
     assert m['k150_rsum'] == pytest.approx(m['fused_rsum'])   # K clipped to the whole gallery: exhaustive fused
     for f in ('k_curve.png', 'table.md', 'curves.png', 'best.safetensors'): assert (tmp_path/'run'/f).exists()
+
+
+D = lambda a: torch.as_tensor(a, dtype=torch.float64)
+
+
+@pytest.mark.parametrize('batched', [False, True])
+@pytest.mark.parametrize('lam,reduce', [(1.0, 'mean'), (10.0, 'sum')])
+def test_pair_local_sim_float64_against_loops(batched, lam, reduce):
+    "Arbitrary pairs (repeats, every image, ragged captions, masked regions) in float64 against the definition, and equal to local_sim's entries."
+    x, y, v, vm, t, tm = rand_case(n=7, m=13, R=5, W=6, d=8, seed=11)
+    ref = loop_local(v, vm, t, tm, lam, reduce)
+    g = np.random.default_rng(0)
+    img, cap = g.integers(0, 7, 60), g.integers(0, 13, 60)
+    img[:3], cap[:3] = 1, 4                                             # a pair listed three times
+    for mb in (256, 0):                                                 # one word slot per product, too
+        got = pair_local_sim(D(v), B(vm), D(t), B(tm), torch.as_tensor(img), torch.as_tensor(cap), lam, reduce, block_mb=mb, batched=batched)
+        assert got.dtype == torch.float64
+        np.testing.assert_allclose(got.numpy(), ref[img, cap], rtol=0, atol=1e-12)
+    full = local_sim(D(v), B(vm), D(t), B(tm), lam, reduce)
+    np.testing.assert_allclose(got.numpy(), full[img, cap].numpy(), rtol=0, atol=1e-12)
+
+
+def test_two_stage_float64_against_exhaustive():
+    "Two-stage scores of every candidate pair equal s_g + local_sim of that pair (float64), in both directions."
+    x, y, v, vm, t, tm = rand_case(n=9, m=40, R=4, W=7, d=6, seed=12)
+    emb = dict(x=D(x), y=D(y), img_tokens=D(v), img_mask=B(vm), txt_tokens=D(t), txt_mask=B(tm))
+    fused = x @ y.T + loop_local(v, vm, t, tm)
+    r = two_stage(emb, k_i2t=7, k_t2i=3)
+    np.testing.assert_allclose(r['i2t'][1].numpy(), np.take_along_axis(fused, r['i2t'][0].numpy(), 1), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(r['t2i'][1].numpy(), np.take_along_axis(fused.T, r['t2i'][0].numpy(), 1), rtol=0, atol=1e-12)
+
+
+def test_image_positions_sized_from_the_encoder():
+    "More than 256 image tokens (the old fixed table): a ViT with 4-px patches at 72 px gives 324; a small CNN's grid by image size."
+    from itr_nb.encoders import image_encoder, text_encoder
+    te = text_encoder('small-transformer', dim=16, layers=1)
+    vit = image_encoder('timm:vit_tiny_patch16_224', img_size=72, patch_size=4, depth=1)
+    assert image_token_count(vit) == 324
+    m = TGDT(vit, te, 16, 1, 2).eval()
+    with torch.no_grad(): o = m.encode_image(torch.rand(2, 3, 72, 72))
+    assert m.img_tr.pos.shape == (324, 16) and o['img_tokens'].shape == (2, 324, 16)
+    cnn = image_encoder('small-cnn', widths=(8, 16))
+    assert image_token_count(cnn, 96) == 24 * 24 and TGDT(cnn, te, 16, 1, 2, image_size=96).img_tr.pos.shape == (576, 16)
+    assert TGDT(cnn, te, 16, 1, 2, img_positions=256).img_tr.pos.shape == (256, 16)   # the old table on request
+    with pytest.raises(ItrError, match='give TGDT image_size='): TGDT(cnn, te, 16, 1, 2)
+    small = TGDT(cnn, te, 16, 1, 2, img_positions=4)
+    with pytest.raises(ItrError, match='position embeddings for only 4'): small.encode_image(torch.rand(1, 3, 32, 32))
+
+
+def test_official_architecture():
+    "arch='official': tokens from a stage-1 post-LN transformer, global from a stage-2 one on its detached output, 2048-wide FF, text words without the last two."
+    from itr_nb.encoders import image_encoder, text_encoder
+    torch.manual_seed(0)
+    m = TGDT(image_encoder('small-cnn', widths=(8, 16)), text_encoder('small-transformer', dim=16, layers=1), 16, 1, 2,
+             arch='official', image_size=32, dropout=0.0)
+    for br in (m.img_tr, m.txt_tr):
+        assert br.enc2 is not None and br.enc.norm is None and not br.enc.layers[0].norm_first and br.enc.layers[0].linear1.out_features == 2048
+    caps = ['a red circle', 'two small blue squares', 'a star']
+    o = m(torch.rand(3, 3, 32, 32), caps)
+    L = [len(m.text_enc.tok(c)['input_ids']) for c in caps]
+    assert o['txt_mask'].sum(1).tolist() == [l - 3 for l in L]         # [CLS], and the last two positions, are not words
+    assert (o['txt_tokens'][~o['txt_mask']] == 0).all()
+    # the global embedding's loss reaches stage 2 only; the local tokens' loss reaches stage 1 and the backbone
+    o['x'].sum().backward()
+    assert m.img_tr.enc.layers[0].linear1.weight.grad is None and m.img_tr.enc2.layers[0].linear1.weight.grad is not None
+    m.zero_grad(); o = m(torch.rand(3, 3, 32, 32), caps); o['img_tokens'].sum().backward()
+    assert m.img_tr.enc.layers[0].linear1.weight.grad is not None and m.img_tr.enc2.layers[0].linear1.weight.grad is None
+    assert m.image_enc.body[0][0].weight.grad is not None
+    with pytest.raises(ItrError, match='arch must be'): TGDT(m.image_enc, m.text_enc, 16, 1, 2, arch='two', image_size=32)
+
+
+def test_evaluate_on_a_given_device(tiny_benchmark):
+    "embed_tokens and evaluate_tgdt run where they are told and keep the embeddings there (the CPU here; a GPU run shows the rest)."
+    from itr_nb.encoders import image_encoder, text_encoder
+    from itr_nb.retrieval import load_split
+    te = load_split(tiny_benchmark, 'test', 32, progress=False)
+    torch.manual_seed(0)
+    m = TGDT(image_encoder('small-cnn', widths=(8, 16)), text_encoder('small-transformer', dim=16, layers=1), 16, 1, 2, image_size=32)
+    e = embed_tokens(m, te, device='cpu')
+    assert all(e[k].device.type == 'cpu' for k in ('x', 'y', 'img_tokens', 'txt_tokens'))
+    r = evaluate_tgdt(m, te, 5, 3, device=torch.device('cpu'))
+    assert r['two_stage_secs'] > 0 and 0 <= r['two_stage_rsum'] <= 600

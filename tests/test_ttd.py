@@ -160,3 +160,54 @@ def test_template_papermill(tiny, tmp_path):
     from itr_nb.ttd import load_ttd_model
     a, b = (load_ttd_model(tmp_path/'run'/p).state_dict() for p in ('baseline/best.safetensors', 'baseline.safetensors'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _plain_corpus(tiny, dst):
+    "The tiny benchmark as a plain Karpathy corpus: dataset.json and the images only (no annotations, masks or relevance)."
+    import shutil
+    dst.mkdir()
+    shutil.copy(tiny/'dataset.json', dst/'dataset.json'); shutil.copytree(tiny/'images', dst/'images')
+    return dst/'dataset.json'
+
+
+def test_truth_without_annotations(tiny, tmp_path):
+    "No annotations.json / masks: the candidates are the captions' own words and there is no truth; one file alone is refused."
+    import shutil
+    from itr_nb.core import ItrError
+    from itr_nb.retrieval import load_split
+    ds = _plain_corpus(tiny, tmp_path/'plain')
+    d = load_split(ds, 'val', 32, progress=False)
+    tr = load_tag_truth(ds, d, stop_words=True)
+    assert not tr.annotated and tr.truth() is None and tr.masks is None
+    assert tr.tags == [caption_tags(c, True) for c in d.split.captions]
+    shutil.copy(tiny/'annotations.json', tmp_path/'plain'/'annotations.json')
+    with pytest.raises(ItrError, match='masks_val.npz: not found, but annotations.json is there'): load_tag_truth(ds, d)
+
+
+def test_dense_eval_without_masks_matches_scores(tiny, tmp_path):
+    "Without truth dense_eval gives the same image- and pixel-level scores as with it, and dense_summary only what needs no truth."
+    from itr_nb.retrieval import load_split, ModelConfig, build_model
+    from itr_nb.ttd import dense_summary, THETA
+    d = load_split(tiny/'dataset.json', 'val', 32, limit=8, progress=False)
+    m = build_model(ModelConfig(dim=16), seed=0).eval()
+    a = dense_eval(m, d, load_tag_truth(tiny/'dataset.json', d))
+    plain = _plain_corpus(tiny, tmp_path/'plain')
+    b = dense_eval(m, d, load_tag_truth(plain, d))
+    assert torch.equal(a['image'], b['image']) and torch.equal(a['pixel'], b['pixel']) and 'cap_inter' not in b
+    s = dense_summary(b, b)
+    assert set(s) == {'image_theta', 'image_selected_share', 'pixel_theta', 'pixel_selected_share'} and s['pixel_theta'] == THETA
+    assert s['pixel_selected_share'] == pytest.approx(100 * float(select_tags(b['pixel'], b['valid'], THETA).sum()) / float(b['valid'].sum()))
+    assert dense_summary(a, a, dict(image=0.3, pixel=0.3))['pixel_selected_share'] == pytest.approx(dense_summary(b, b, dict(image=0.3, pixel=0.3))['pixel_selected_share'])
+
+
+def test_template_on_a_corpus_without_annotations(tiny, tmp_path):
+    "The TTD template on a plain Karpathy corpus: baseline, selection, distillation and retrieval run; truth-based numbers are left out."
+    from itr_nb.experiment import run_template
+    ds = _plain_corpus(tiny, tmp_path/'plain')
+    st = run_template('ttd', dict(dataset=str(ds), image_size=32, dim=32, epochs=1, ttd_epochs=1, batch_size=32, n_examples=2,
+                                  device='cpu', theta=-1.0, stop_words=True), out_dir=tmp_path/'run', progress=False)
+    assert st['status'] == 'ok', st
+    m = json.loads((tmp_path/'run'/'metrics.json').read_text())
+    assert m['theta'] == 0.5 and 0 <= m['after_pixel_selected_share'] <= 100 and 0 <= m['after_rsum'] <= 600
+    assert not any(k.endswith(('_f1', '_miou', '_auc')) for k in m)
+    assert (tmp_path/'run'/'examples.png').exists() and (tmp_path/'run'/'table.md').exists()
