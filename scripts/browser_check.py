@@ -6,11 +6,15 @@
 1. installs Debian's `chromium` with apt-get when /usr/bin/chromium is missing;
 2. builds the site (`scripts/build_docs.py`, unless `--no-build`), serves `_docs/` on 127.0.0.1 and loads every page
    listed in `_docs/pages.json`: a page fails on a console error, an uncaught exception, a request leaving localhost,
-   fewer loaded images than its notebook has figures, a missing API entry, or a `#|` directive left in its text;
+   fewer loaded images than its notebook has figures, a missing API entry, a `#|` directive left in its text, a
+   progress bar, "Loading weights" or a stderr block in its text, or (on a page with equations) an equation that
+   MathJax did not render or whose tag, such as "(2.4)", is not shown; the methods page must also show its equations
+   and its three diagrams;
 3. starts JupyterLab on 127.0.0.1 with a token, opens a copy of `nbs/12_inspect.ipynb` (cells flagged `slow`, `cuda`
    or `data` left out, as in the tests), runs all cells, and checks that the three inspection widgets rendered with
    their images and that no cell printed an error;
-4. saves screenshots to `runs/browser/` (`site_<page>.png`, `lab_<view>.png`, `lab_notebook.png`).
+4. saves screenshots to `runs/browser/` (`site_<page>.png`, `lab_<view>.png`, `lab_notebook.png`; for pages with
+   equations also `site_<page>_eq_<tag>.png` views of the first equations, and `site_<page>_fig<n>.png` of each figure).
 
 Exit status 0 when everything passed; servers started here are stopped on the way out.
 """
@@ -70,12 +74,42 @@ def watch(page, problems:list):
 PAGE_JS = """(api) => {
   const main = document.querySelector('.md-content') || document.body;
   const imgs = [...main.querySelectorAll('img')];
+  const text = main.innerText;
+  const shown = e => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  const displays = [...main.querySelectorAll('.MathJax_Display')];
   return {loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length, images: imgs.length,
+          figures: imgs.filter(i => i.complete && i.naturalWidth > 0 && shown(i) && i.closest('.jp-OutputArea')).length,
           svgs: main.querySelectorAll('.jp-OutputArea svg, .output svg').length,
           missing_api: api.filter(n => !document.getElementById(n.toLowerCase()) && !document.getElementById(n)),
-          directives: (main.innerText.match(/^\\s*#\\s*\\|.*$/gm) || []).slice(0, 3),
+          directives: (text.match(/^\\s*#\\s*\\|.*$/gm) || []).slice(0, 3),
+          noise: (text.match(/^.*(\\d+%\\|.*\\||\\d+(\\.\\d+)?it\\/s\\]|Loading weights).*$/gm) || []).slice(0, 3),
+          stderr: main.querySelectorAll('[data-mime-type="application/vnd.jupyter.stderr"]').length,
+          equations: displays.filter(shown).length,
+          equation_text: displays.filter(shown).map(e => e.innerText.replace(/\\s+/g, '')),
+          equation_overflow: displays.filter(e => shown(e) && e.scrollWidth > e.clientWidth + 1).map(e => e.innerText.replace(/\\s+/g, '').slice(-12)),
+          math_errors: main.querySelectorAll('.MathJax_Error, .merror').length + (text.includes('Math Processing Error') ? 1 : 0),
+          raw_tex: (text.match(/\\\\tag\\{[^}]*\\}|\\$\\$/g) || []).slice(0, 3),
           title: document.title};
 }"""
+MATH_READY = """(n) => !!(window.MathJax && MathJax.Hub) && document.querySelectorAll('.MathJax_Display').length >= n
+                 && !document.querySelector('.MathJax_Processing, .MathJax_Preview:not(:empty)')"""
+REQUIRED = {'methods.html': dict(figures=3, tags=20)}   # the method reference: its diagrams and numbered equations
+
+
+def check_math(page, p:dict, info:dict, shots:Path) -> list:
+    "Equations of a page with tags: all rendered by MathJax, each tag visible as '(tag)'; screenshots of the first ones."
+    problems, tags = [], p.get('tags', [])
+    if info['equations'] < len(tags): problems.append(f"{info['equations']} rendered equations for {len(tags)} tagged ones")
+    missing = [t for t in tags if not any(f'({t})' in e for e in info['equation_text'])]
+    if missing: problems.append(f"equation tags not shown: {missing[:5]}")
+    if info['equation_overflow']: problems.append(f"equations wider than the column (their tags scroll out of view): {info['equation_overflow'][:3]}")
+    if info['math_errors']: problems.append(f"{info['math_errors']} MathJax errors")
+    if info['raw_tex']: problems.append(f"unrendered TeX in the text: {info['raw_tex']}")
+    for t in tags[:3]:
+        a = page.locator(f'[id="eq-{t.replace(".", "-")}"]')
+        if a.count():
+            a.first.scroll_into_view_if_needed(); page.screenshot(path=str(shots/f"site_{p['page'][:-5]}_eq_{t}.png"))
+    return problems
 
 
 def check_site(browser, out:Path, shots:Path) -> list:
@@ -90,17 +124,29 @@ def check_site(browser, out:Path, shots:Path) -> list:
                 r = page.goto(base + p['page'], wait_until='load', timeout=60_000)
                 if r is None or r.status != 200: problems.append(f'HTTP {r and r.status}')
                 page.wait_for_load_state('networkidle', timeout=30_000)
+                need = REQUIRED.get(p['page'], {})
+                if p.get('tags') or need.get('tags'):
+                    try: page.wait_for_function(MATH_READY, arg=len(p.get('tags', [])) or 1, timeout=60_000, polling=250)
+                    except Exception: problems.append('MathJax did not typeset the equations within 60 s')
                 info = page.evaluate(PAGE_JS, p['api'])
                 if info['loaded'] + info['svgs'] < p['figures']:
                     problems.append(f"{info['loaded']} loaded images (+{info['svgs']} svg) for {p['figures']} figures in {p['notebook']}")
                 if info['loaded'] < info['images']: problems.append(f"{info['images'] - info['loaded']} images failed to load")
                 if info['missing_api']: problems.append(f"API entries missing: {info['missing_api'][:5]}")
                 if info['directives']: problems.append(f"directive lines shown: {info['directives']}")
+                if info['noise']: problems.append(f"progress bars or library logs shown: {info['noise']}")
+                if info['stderr']: problems.append(f"{info['stderr']} stderr blocks shown")
+                if len(p.get('tags', [])) < need.get('tags', 0): problems.append(f"{len(p.get('tags', []))} tagged equations, at least {need['tags']} expected")
+                if info['figures'] < need.get('figures', 0): problems.append(f"{info['figures']} figures shown, at least {need['figures']} expected")
+                if p.get('tags'): problems += check_math(page, p, info, shots)
+                for k, img in enumerate(page.locator('.jp-OutputArea img').all()[:4] if need else []):
+                    img.scroll_into_view_if_needed(); img.screenshot(path=str(shots/f"site_{p['page'][:-5]}_fig{k + 1}.png"))
                 page.screenshot(path=str(shots/f"site_{p['page'][:-5]}.png"), full_page=True)
             except Exception as e: problems.append(f'{type(e).__name__}: {e}')
             finally: page.close()
             status = 'ok' if not problems else 'FAILED'
-            log(f"site {p['page']}: {status} ({p['figures']} figures, {len(p['api'])} API entries)")
+            log(f"site {p['page']}: {status} ({p['figures']} figures, {len(p['api'])} API entries"
+                + (f", {len(p['tags'])} tagged equations" if p.get('tags') else '') + ')')
             failures += [f"{p['page']}: {x}" for x in problems]
         ctx.close()
     return failures

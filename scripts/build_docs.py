@@ -9,8 +9,12 @@ another route to the same pages:
 2. `nbdev.serve.proc_nbs` turns those into `_proc/`, as for Quarto: hidden and export cells dropped, a `show_doc`
    for every exported function and class (signature, docstring, documented parameters);
 3. an adapter rewrites what Quarto would have interpreted (front matter, `echo: false` / `output: asis` cells,
-   pandoc link attributes, `#|` directive lines, widget outputs and state) into `site/src/`;
-4. `mkdocs build --strict` (material theme, mkdocs-jupyter, no web fonts) renders `site/src/` into `_docs/`.
+   pandoc link attributes, `#|` directive lines, widget outputs and state) into `site/src/`, and drops what is noise
+   on a page (stderr streams: progress bars, "Loading weights", library logs and warnings; tqdm lines and widgets in
+   other outputs); the executed notebooks keep all of it;
+4. `mkdocs build --strict` (material theme, mkdocs-jupyter, no web fonts) renders `site/src/` into `_docs/`, with a
+   wider content column and horizontally scrolling code (`assets/extra.css`), and MathJax 2 served from the site
+   itself (`assets/mathjax/`, copied from the `jupyter-server-mathjax` package): equations render offline.
 
 `--quarto` runs `nbdev-docs` instead where a `quarto` executable exists. `--serve PORT` serves `_docs/` after
 building. Exit status 0 when every notebook ran and the site built.
@@ -25,6 +29,25 @@ EXEC, SRC, OUT = ROOT/'site'/'exec', ROOT/'site'/'src', ROOT/'_docs'
 DIRECTIVE = re.compile(r'^\s*#\s*\|.*$\n?', re.M)
 PANDOC_ATTR = re.compile(r'(\]\([^)]*\))\{[^}]*\}')          # [text](url){target="_blank" ...} -> [text](url)
 WIDGET = 'application/vnd.jupyter.widget-view+json'
+TQDM = re.compile(r'(\d+%\|.*\|.*\[|\d+(\.\d+)?(it|s)/(s|it)\b|Loading weights)')  # a tqdm bar or a weights-loading log line
+TQDM_WIDGET = re.compile(r'^HBox\(children=\(HTML\(value=.*(FloatProgress|IntProgress)', re.S)
+MATHJAX_CONFIG = 'TeX-AMS-MML_HTMLorMML-full,Safe,itr_nb'
+MATHJAX_LOCAL = '''MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null,
+                                // its probe font 'about:blank' is a CORS error in Chromium; a missing local font is not
+                                styles: {"@font-face": {"font-family": "MathJax_Blank", src: "local('MathJax_Blank')"}}},
+                   SVG: {font: "STIX-Web"},       // the package ships the STIX-Web fonts only (MathJax's default is TeX)
+                   menuSettings: {assistiveMML: false}});   // its hidden MathML copy asks for TeX fonts the package lacks
+MathJax.Ajax.loadComplete("[MathJax]/config/itr_nb.js");
+'''
+TAG = re.compile(r'\\tag\{([^}]*)\}')
+EXTRA_CSS = """/* itr_nb docs: a wider content column, and code that scrolls instead of running past the column */
+.md-grid { max-width: 96rem; }
+.md-content pre, .jupyter-wrapper pre { overflow-x: auto; }
+.jupyter-wrapper .jp-InputArea pre, .jupyter-wrapper .highlight pre { white-space: pre; overflow-x: auto; }
+.jupyter-wrapper .jp-OutputArea-output pre { white-space: pre; overflow-x: auto; }
+.jupyter-wrapper .jp-RenderedImage img { max-width: 100%; height: auto; }
+.MathJax_Display { overflow-x: auto; overflow-y: hidden; }
+"""
 
 
 def log(msg): print(f'[docs] {msg}', flush=True)
@@ -132,6 +155,20 @@ def _description(nb:dict) -> str:
     return ''
 
 
+def _quiet(o:dict):
+    "An output without its noise (None when nothing is left): stderr streams go, tqdm lines and widgets go."
+    if o.get('output_type') == 'stream':
+        if o.get('name') == 'stderr': return None
+        lines = [l for l in re.split(r'(?<=\n)', _text(o.get('text')).replace('\r\n', '\n')) if l.strip()]
+        keep = [l.rsplit('\r', 1)[-1] for l in lines if not TQDM.search(l)]
+        keep = [l for l in keep if l.strip()]
+        return dict(o, text=''.join(keep)) if keep else None
+    d = o.get('data', {})
+    if WIDGET in d and TQDM_WIDGET.search(_text(d.get('text/plain'))): return None
+    if set(d) == {'text/plain'} and TQDM.search(_text(d['text/plain'])): return None
+    return o
+
+
 def adapt(nb:dict, host:str='', description:str='') -> tuple:
     "Rewrite what Quarto would have interpreted; returns (notebook, page name, title, API names documented)."
     cells, fm, api = [], {}, []
@@ -154,6 +191,8 @@ def adapt(nb:dict, host:str='', description:str='') -> tuple:
                 continue
             outs = []
             for o in c.get('outputs', []):
+                o = _quiet(o)
+                if o is None: continue
                 d = o.get('data', {})
                 if WIDGET in d:                                      # no widget state offline: say what it is instead
                     name = _text(d.get('text/plain')).split('(', 1)[0]
@@ -180,13 +219,15 @@ use_directory_urls: false
 theme:
   name: material
   font: false
-  features: [navigation.instant.prefetch]
+  features: [navigation.instant.prefetch, toc.integrate]   # the page's contents in the left bar: a wider column
+extra_css: [assets/extra.css]
 plugins:
   - search
   - mkdocs-jupyter:
       execute: false
       include_source: false
       ignore_h1_titles: false
+      custom_mathjax_url: "assets/mathjax/MathJax.js?config={mathjax}"
       remove_tag_config:
         remove_input_tags: [remove_input]
 nav:
@@ -194,9 +235,26 @@ nav:
 """
 
 
+def mathjax_dir() -> Path:
+    "The MathJax 2 files that the `jupyter-server-mathjax` package ships (what the pages load, from the site itself)."
+    try: import jupyter_server_mathjax
+    except ImportError: sys.exit('[docs] MathJax is missing: pip install jupyter-server-mathjax (a dev dependency of pyproject.toml)')
+    d = Path(jupyter_server_mathjax.__file__).parent/'static'
+    if not (d/'MathJax.js').exists() or not (d/'config'/f"{MATHJAX_CONFIG.split(',')[0]}.js").exists():
+        sys.exit(f'[docs] {d}: no MathJax.js or config {MATHJAX_CONFIG} in jupyter-server-mathjax')
+    return d
+
+
+def _tags(nb:dict) -> list:
+    "Equation tags (\\tag{...}) of the notebook's markdown cells, in order."
+    return [t for c in nb['cells'] if c['cell_type'] == 'markdown' for t in TAG.findall(_text(c.get('source')))]
+
+
 def render(proc:Path) -> list:
     "Adapt the processed notebooks into site/src and build the site with mkdocs; returns the pages."
+    mj = mathjax_dir()
     shutil.rmtree(SRC, ignore_errors=True); SRC.mkdir(parents=True)
+    (SRC/'assets').mkdir(); (SRC/'assets'/'extra.css').write_text(EXTRA_CSS)
     from nbdev.config import get_config
     cfg = get_config(ROOT); host = f"{cfg.doc_host}{cfg.doc_baseurl}".rstrip('/') + '/'
     pages = []
@@ -206,13 +264,15 @@ def render(proc:Path) -> list:
         page = 'index' if p.stem == 'index' else (page or re.sub(r'^\d+[a-z]?_', '', p.stem))
         (SRC/f'{page}.ipynb').write_text(json.dumps(nb, indent=1))
         figs = sum(any(k.startswith('image/') for k in o.get('data', {})) for c in nb['cells'] for o in c.get('outputs', []))
-        pages.append(dict(page=f'{page}.html', title=title or page, notebook=f'{p.stem}.ipynb', figures=figs, api=api))
+        pages.append(dict(page=f'{page}.html', title=title or page, notebook=f'{p.stem}.ipynb', figures=figs, api=api, tags=_tags(nb)))
     pages.sort(key=lambda x: (x['page'] != 'index.html', x['notebook']))
     nav = '\n'.join(f'  - {json.dumps(x["title"])}: {x["page"][:-5]}.ipynb' for x in pages)
-    (ROOT/'site'/'mkdocs.yml').write_text(MKDOCS.format(out=os.path.relpath(OUT, ROOT/'site'), nav=nav))
+    (ROOT/'site'/'mkdocs.yml').write_text(MKDOCS.format(out=os.path.relpath(OUT, ROOT/'site'), nav=nav, mathjax=MATHJAX_CONFIG))
     r = subprocess.run([str(BIN/'mkdocs'), 'build', '--strict', '--clean', '-q', '-f', str(ROOT/'site'/'mkdocs.yml')],
                        cwd=ROOT/'site', capture_output=True, text=True)
     if r.returncode: sys.exit(f'[docs] mkdocs build failed:\n{r.stdout}\n{r.stderr}')
+    shutil.copytree(mj, OUT/'assets'/'mathjax', dirs_exist_ok=True)   # served by the site: no CDN
+    (OUT/'assets'/'mathjax'/'config'/'itr_nb.js').write_text(MATHJAX_LOCAL)
     (OUT/'pages.json').write_text(json.dumps(pages, indent=1))   # what the browser check expects of each page
     return pages
 
