@@ -296,6 +296,16 @@ def candidate_local_sim(v, vm, t, tm, # region and word embeddings with masks, a
     return pair_local_sim(v, vm, t, tm, img, cap, lambda_l, reduce, block_mb).view(Q, K)
 
 # %% ../nbs/10_tgdt.ipynb #54ed0227
+def _fill_missing(g:Tensor, c:Tensor, q:Tensor, gal:Tensor) -> tuple:
+    "Candidates FAISS could not find (index -1: an IVF probe saw fewer than K items) replaced by the first other gallery items, scored exactly."
+    for r in torch.nonzero((c < 0).any(1)).flatten().tolist():
+        have = set(c[r][c[r] >= 0].tolist()); miss = int((c[r] < 0).sum())
+        fill = [j for j in range(len(gal)) if j not in have][:miss]
+        idx = torch.cat([c[r][c[r] >= 0], torch.tensor(fill, dtype=c.dtype, device=c.device)])
+        s = torch.cat([g[r][c[r] >= 0], (q[r] @ gal[fill].T).to(g.dtype)])
+        s, o = s.sort(descending=True, stable=True); g[r], c[r] = s, idx[o]
+    return g, c
+
 def two_stage(emb:dict, # `embed_tokens` output: x, y, img_tokens, img_mask, txt_tokens, txt_mask
               k_i2t:int=50, # captions re-ranked per image query (official: 50)
               k_t2i:int=100, # images re-ranked per caption query (official: 100)
@@ -313,7 +323,7 @@ def two_stage(emb:dict, # `embed_tokens` output: x, y, img_tokens, img_mask, txt
         from itr_nb.search import topk
         g_i2t, c_i2t = topk(x, y, k_i2t, index, **search_kw); g_t2i, c_t2i = topk(y, x, k_t2i, index, **search_kw)
         g_i2t, c_i2t, g_t2i, c_t2i = (torch.as_tensor(a).to(dev) for a in (g_i2t, c_i2t, g_t2i, c_t2i))
-        c_i2t, c_t2i = c_i2t.long(), c_t2i.long()
+        (g_i2t, c_i2t), (g_t2i, c_t2i) = _fill_missing(g_i2t, c_i2t.long(), x, y), _fill_missing(g_t2i, c_t2i.long(), y, x)
     t1 = _clock(dev)
     qi, qc = torch.arange(N, device=dev).repeat_interleave(k_i2t), torch.arange(M, device=dev).repeat_interleave(k_t2i)
     s_l = pair_local_sim(emb['img_tokens'], emb['img_mask'], emb['txt_tokens'], emb['txt_mask'],   # stage 2: both directions' pairs at once
