@@ -60,8 +60,10 @@ def seed_everything(seed:int=0):
     return torch.Generator().manual_seed(seed)
 
 def get_device(device:str='auto') -> torch.device:
-    "'auto' picks CUDA when present, else CPU; anything else is passed to `torch.device`."
-    if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    "'auto' picks CUDA when present, else CPU; under torchrun 'auto' and 'cuda' are this process's GPU (cuda:LOCAL_RANK)."
+    local = os.environ.get('LOCAL_RANK') if int(os.environ.get('WORLD_SIZE', '1')) > 1 else None
+    if device == 'auto': device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device == 'cuda' and local is not None: device = f'cuda:{local}'
     try: return torch.device(device)
     except RuntimeError as e: raise ItrError(f"unknown device {device!r}: {e}") from None
 

@@ -12,13 +12,16 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from typing import NamedTuple
+from torch import Tensor
 from torch.utils.data import Dataset
 from .core import ItrError, load_json
 
 # %% auto #0
 __all__ = ['AUGMENTS', 'preprocess_caption', 'Split', 'KarpathyData', 'load_karpathy', 'Preprocess', 'to_rgb', 'decode_rgb',
            'resized_shape', 'preprocess_image', 'read_bytes', 'load_image', 'read_image', 'augment_seed',
-           'augment_image', 'ImageDataset', 'CaptionDataset', 'PairDataset', 'check_images', 'load_images']
+           'augment_image', 'ImageDataset', 'CaptionDataset', 'PairDataset', 'check_images', 'EncoderOutput',
+           'load_images']
 
 # %% ../nbs/01_data.ipynb #164fae70
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -261,6 +264,26 @@ def check_images(kd:KarpathyData, split:Split):
         except FileNotFoundError: raise ItrError(f"{kd.path}: image of imgid {imgid} not found: {path}") from None
         except Exception as e: raise ItrError(f"{kd.path}: image of imgid {imgid} unreadable: {path} ({e})") from None
     return len(split.image_paths)
+
+# %% ../nbs/01_data.ipynb #0a004ad1
+class EncoderOutput(NamedTuple):
+    "Global embedding [B,D], token/patch/grid features [B,L,Dt] (or None) and token mask [B,L] bool (or None)."
+    global_: Tensor
+    tokens: Tensor|None = None
+    mask: Tensor|None = None
+
+    def take(self, idx) -> 'EncoderOutput':
+        "Rows `idx` as float32, with padding beyond the longest selected item cut off."
+        g, t, m = self.global_[idx].float(), self.tokens, self.mask
+        if t is not None: t = t[idx].float()
+        if m is not None:
+            m = m[idx]
+            if t is not None and m.numel(): n = int(m.sum(1).max()); t, m = t[:, :n], m[:, :n]
+        return EncoderOutput(g, t, m)
+
+    def to(self, device) -> 'EncoderOutput':
+        "Move all parts to `device`."
+        return EncoderOutput(*(None if o is None else o.to(device) for o in self))
 
 # %% ../nbs/01_data.ipynb #a34e5e04
 def load_images(split:Split, size:int|Preprocess|None=None, progress:bool=True) -> torch.Tensor:

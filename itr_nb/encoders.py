@@ -9,36 +9,18 @@ Docs: https://itr-nb.github.io/itr_nb/encoders.html.md"""
 from __future__ import annotations
 import contextlib, json
 from pathlib import Path
-from typing import NamedTuple
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import ItrError, atomic_write, load_json
 
 # %% auto #0
-__all__ = ['EncoderOutput', 'local_path', 'hf_quiet', 'make_preprocess_cfg', 'SmallCNN', 'TimmImage', 'EfficientNetLite0',
-           'CLIPImage', 'clip_tower_config', 'tiny_clip', 'OpenCLIPImage', 'tiny_open_clip', 'HFText', 'masked_mean',
-           'minilm_path', 'SmallTextTransformer', 'CLIPText', 'OpenCLIPText', 'image_encoder', 'text_encoder',
-           'FrozenBackbones', 'head', 'DualEncoder', 'file_identity', 'cached_features']
+__all__ = ['local_path', 'hf_quiet', 'make_preprocess_cfg', 'SmallCNN', 'TimmImage', 'EfficientNetLite0', 'CLIPImage',
+           'clip_tower_config', 'tiny_clip', 'OpenCLIPImage', 'tiny_open_clip', 'HFText', 'masked_mean', 'minilm_path',
+           'SmallTextTransformer', 'CLIPText', 'OpenCLIPText', 'image_encoder', 'text_encoder', 'FrozenBackbones',
+           'head', 'DualEncoder', 'file_identity', 'cached_features']
 
 # %% ../nbs/04_encoders.ipynb #101f2f49
-class EncoderOutput(NamedTuple):
-    "Global embedding [B,D], token/patch/grid features [B,L,Dt] (or None) and token mask [B,L] bool (or None)."
-    global_: Tensor
-    tokens: Tensor|None = None
-    mask: Tensor|None = None
-
-    def take(self, idx) -> EncoderOutput:
-        "Rows `idx` as float32, with padding beyond the longest selected item cut off."
-        g, t, m = self.global_[idx].float(), self.tokens, self.mask
-        if t is not None: t = t[idx].float()
-        if m is not None:
-            m = m[idx]
-            if t is not None and m.numel(): n = int(m.sum(1).max()); t, m = t[:, :n], m[:, :n]
-        return EncoderOutput(g, t, m)
-
-    def to(self, device) -> EncoderOutput:
-        "Move all parts to `device`."
-        return EncoderOutput(*(None if o is None else o.to(device) for o in self))
+from .data import EncoderOutput   # defined in the data layer: precomputed region features are one too
 
 # %% ../nbs/04_encoders.ipynb #cd113369
 def local_path(path, what='model') -> Path:
