@@ -16,6 +16,7 @@ from .core import ItrError, load_relevance
 from .data import Split, Preprocess, load_karpathy, load_images, augment_image, augment_seed, AUGMENTS
 from .images import ImageStore, cached_images, cache_key, read_cache_header, image_cache_dir, file_id, content_hash
 from .shards import is_shards, expand_shards, read_shard_split, shard_data, ShardData, ShardStream
+from .precomp import is_precomp, load_precomp
 
 # %% auto #0
 __all__ = ['SplitData', 'split_images', 'load_split', 'load_splits', 'epoch_captions', 'PairBatches', 'pair_batches',
@@ -24,12 +25,12 @@ __all__ = ['SplitData', 'split_images', 'load_split', 'load_splits', 'epoch_capt
 # %% ../nbs/01c_splits.ipynb #8b780795
 @dataclass
 class SplitData:
-    "A split with its images (an `ImageStore` on the cache, or a uint8 tensor [N,3,S,S]) and its relevance matrices if any."
+    "A split with its images (an `ImageStore` on the cache, or a uint8 tensor [N,3,S,S]; None for precomputed features) and its relevance matrices if any."
     split: Split
     images: object
     rel: dict|None = None
     source: str = ''                 # the dataset file it came from (part of feature-cache keys)
-    feats: object = None             # cached outputs of a frozen image backbone (an EncoderOutput), used instead of `images`
+    feats: object = None             # features used instead of `images`: a frozen backbone's cached outputs (an EncoderOutput) or precomputed regions (`RegionFeatures`)
     preprocess: Preprocess|None = None  # how the images were made (part of feature-cache keys)
     @property
     def n_images(self): return len(self.split.image_paths)
@@ -63,9 +64,12 @@ def load_split(dataset, split:str='test', image_size:int|None=64, join_restval:b
                cache:bool=True, # decode once into the image cache (False: into memory, every call)
                workers:int=0, # decoding processes for a cache build
                cache_dir=None): # image cache folder (default data/cache/images)
-    "Load split `split` of the Karpathy file (or webdataset shards) `dataset`; `limit` > 0 keeps the first `limit` images."
+    "Load split `split` of the Karpathy file (or webdataset shards, or precomp folder) `dataset`; `limit` > 0 keeps the first `limit` images."
     p = preprocess or (Preprocess(image_size, resize) if image_size else None)
     if is_shards(dataset): return _load_shards(dataset, split, p, limit, progress, workers, cache_dir)
+    if is_precomp(dataset):   # region features, memory-mapped: no images, no preprocessing (coco_precomp's train holds restval)
+        s, feats, folder = load_precomp(dataset, split, limit)
+        return SplitData(s, None, None, str(folder.resolve()), feats=feats)
     kd = load_karpathy(dataset, image_root or None)
     full = kd.split(split, join_restval=join_restval, max_captions_per_image=max_captions_per_image)
     relp = Path(dataset).parent/f'relevance_{split}.npz'
@@ -208,6 +212,7 @@ def images_arguments(p:argparse.ArgumentParser):
 def images_command(args) -> int:
     "Decode a split into the image cache (or find it there); print where it is."
     import time
+    if is_precomp(args.dataset): raise ItrError(f"{args.dataset}: a precomp folder holds region features, not images: there is nothing to decode")
     from itr_nb.retrieval import image_preprocess     # the towers' preprocessing lives above the data layer
     p = image_preprocess(args.image_encoder, args.size, args.resize)
     t0 = time.perf_counter()
