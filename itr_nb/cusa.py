@@ -185,6 +185,7 @@ def teacher_features(data, # a `SplitData` (images from the image cache, or in m
                      progress:bool=True) -> tuple:
     "Image [N_img,Di] and text [N_cap,Dt] teacher features of `data`, from the disk cache when it matches."
     if isinstance(data, ShardData): raise ItrError("CUSA's teacher features are cached per image and caption of a split; streamed shards have none (alpha = beta = 0, or a Karpathy file)")
+    if getattr(data, 'images', None) is None: raise ItrError(f"CUSA's image teacher needs the images of split {data.split.name}, but it holds precomputed region features only (a precomp folder): alpha = beta = 0, or a Karpathy file with images")
     device = get_device(device or 'auto')
     it = image_teacher if isinstance(image_teacher, Teacher) else Teacher(image_teacher, 'image', teacher_size)
     tt = text_teacher if isinstance(text_teacher, Teacher) else Teacher(text_teacher, 'text')

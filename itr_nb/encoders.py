@@ -15,9 +15,9 @@ from .core import ItrError, atomic_write, load_json
 
 # %% auto #0
 __all__ = ['local_path', 'hf_quiet', 'make_preprocess_cfg', 'SmallCNN', 'TimmImage', 'EfficientNetLite0', 'CLIPImage',
-           'clip_tower_config', 'tiny_clip', 'OpenCLIPImage', 'tiny_open_clip', 'HFText', 'masked_mean', 'minilm_path',
-           'SmallTextTransformer', 'CLIPText', 'OpenCLIPText', 'image_encoder', 'text_encoder', 'FrozenBackbones',
-           'head', 'DualEncoder', 'file_identity', 'cached_features']
+           'clip_tower_config', 'tiny_clip', 'OpenCLIPImage', 'tiny_open_clip', 'PrecompImage', 'HFText', 'masked_mean',
+           'minilm_path', 'SmallTextTransformer', 'CLIPText', 'OpenCLIPText', 'image_encoder', 'text_encoder',
+           'FrozenBackbones', 'head', 'DualEncoder', 'file_identity', 'cached_features']
 
 # %% ../nbs/04_encoders.ipynb #101f2f49
 from .data import EncoderOutput   # defined in the data layer: precomputed region features are one too
@@ -312,6 +312,35 @@ def tiny_open_clip(path, seed:int=0) -> Path:
               p/'open_clip_config.json')
     return p
 
+# %% ../nbs/04_encoders.ipynb #cfad2094
+class PrecompImage(nn.Module):
+    "Image encoder of precomputed region features: identity, or TERAN's box-merging MLP and region transformer (`layers` > 0)."
+    takes_features = True   # fed the split's `EncoderOutput` rows, not pixels
+    def __init__(self, dim:int, # width of the features (regions + box geometry)
+                 geometry:int=0, # trailing box-geometry columns in `dim` (5 with boxes)
+                 n_tokens:int|None=None, # regions per image (TGDT sizes its position table from it)
+                 layers:int=0, # 0: pass the features on; >0: TERAN's region transformer (TGDT's official image side: 4)
+                 heads:int=4, ff:int=2048, dropout:float=0.1):
+        super().__init__()
+        self.n_tokens, self.layers, self.geometry = n_tokens, layers, geometry
+        if not layers: self.dim = self.token_dim = dim; return
+        d = dim - geometry
+        if d % heads: raise ItrError(f"precomp:{layers}: region width {d} is not divisible by {heads} heads")
+        self.merge = nn.Sequential(nn.Linear(dim, d), nn.ReLU(), nn.Linear(d, d)) if geometry else nn.Identity()
+        layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=dropout, batch_first=True, norm_first=False)
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.dim = self.token_dim = d
+
+    def preprocess_cfg(self) -> dict: return make_preprocess_cfg()
+
+    def forward(self, x) -> EncoderOutput:
+        if not isinstance(x, EncoderOutput): raise ItrError("the precomp image encoder takes precomputed region features (a precomp dataset's `feats`), not images")
+        if not self.layers: return x
+        m = torch.ones(x.tokens.shape[:2], dtype=torch.bool, device=x.tokens.device) if x.mask is None else x.mask
+        h = self.enc(self.merge(x.tokens.float()), src_key_padding_mask=~m)
+        w = m.unsqueeze(-1).to(h.dtype)
+        return EncoderOutput((h * w).sum(1) / w.sum(1).clamp_min(1), h * w, m)
+
 # %% ../nbs/04_encoders.ipynb #5192f7c2
 class HFText(nn.Module):
     "A transformers text encoder from a local path: [CLS] or mean-pooled global + token outputs + mask."
@@ -428,14 +457,18 @@ class OpenCLIPText(nn.Module):
 def _spec_string(spec, kw): return spec + (json.dumps(kw, sort_keys=True, default=str) if kw else '')
 
 def image_encoder(spec:str, **kw) -> nn.Module:
-    "Image encoder from a spec: 'small-cnn', 'timm:<name>', 'efficientnet-lite0', 'clip:<path>', 'open_clip:<folder>' or 'open_clip:<arch>:<checkpoint>'."
+    "Image encoder from a spec: 'small-cnn', 'timm:<name>', 'efficientnet-lite0', 'clip:<path>', 'open_clip:<folder>', 'open_clip:<arch>:<checkpoint>', 'precomp' or 'precomp:<layers>'."
     kind, _, arg = spec.partition(':')
     if spec == 'small-cnn': enc = SmallCNN(**kw)
     elif spec == 'efficientnet-lite0': enc = EfficientNetLite0(**kw)
     elif kind == 'timm' and arg: enc = TimmImage(arg, **kw)
     elif kind == 'clip' and arg: enc = CLIPImage(arg, **kw)
     elif kind == 'open_clip' and arg: enc = OpenCLIPImage(arg, **kw)
-    else: raise ItrError(f"unknown image encoder {spec!r} (small-cnn, timm:<name>, efficientnet-lite0, clip:<path>, open_clip:<folder>, open_clip:<arch>:<checkpoint>)")
+    elif kind == 'precomp':
+        if 'dim' not in kw: raise ItrError(f"{spec}: the precomp encoder's width comes from the data: build it with itr_nb.retrieval.image_encoder_for(spec, split)")
+        if arg and not arg.isdigit(): raise ItrError(f"{spec}: expected precomp or precomp:<layers>")
+        enc = PrecompImage(**({'layers': int(arg)} if arg else {}) | kw)
+    else: raise ItrError(f"unknown image encoder {spec!r} (small-cnn, timm:<name>, efficientnet-lite0, clip:<path>, open_clip:<folder>, open_clip:<arch>:<checkpoint>, precomp, precomp:<layers>)")
     enc.spec = _spec_string(spec, kw)
     return enc
 
@@ -460,6 +493,14 @@ class FrozenBackbones(nn.Module):
         for k, f in self.frozen.items():
             if f: getattr(self, k).requires_grad_(False)
         return self.train()
+
+    def backbone(self, name:str, inp) -> EncoderOutput:
+        "Backbone `name`'s output on `inp`: features given as an `EncoderOutput` pass as they are (cached outputs), unless the encoder `takes_features` (precomp)."
+        enc = getattr(self, name)
+        if isinstance(inp, EncoderOutput) and not getattr(enc, 'takes_features', False): return inp
+        if self.frozen[name]:
+            with torch.no_grad(): return enc(inp)
+        return enc(inp)
 
     def train(self, mode:bool=True):
         super().train(mode)
@@ -493,16 +534,9 @@ class DualEncoder(FrozenBackbones):
         self.img_head, self.img_uni_head, self.txt_head, self.txt_uni_head = head(dim), head(dim), head(dim), head(dim)
         self.freeze_backbones_(freeze_image, freeze_text)
 
-    def _backbone(self, name, inp):
-        if isinstance(inp, EncoderOutput): return inp
-        enc = getattr(self, name)
-        if self.frozen[name]:
-            with torch.no_grad(): return enc(inp)
-        return enc(inp)
-
     def encode_image(self, images) -> dict:
         "Images [B,3,H,W] in [0,1], or their backbone `EncoderOutput` -> x, x_uni, img_tokens."
-        o = self._backbone('image_enc', images)
+        o = self.backbone('image_enc', images)
         g = self.img_proj(o.global_)
         r = dict(x=F.normalize(self.img_head(g), dim=-1), x_uni=F.normalize(self.img_uni_head(g), dim=-1))
         if o.tokens is not None: r['img_tokens'] = F.normalize(self.img_head(self.img_tok_proj(o.tokens)), dim=-1)
@@ -510,7 +544,7 @@ class DualEncoder(FrozenBackbones):
 
     def encode_text(self, texts) -> dict:
         "Captions (list of str), or their backbone `EncoderOutput` -> y, y_uni, txt_tokens, txt_mask."
-        o = self._backbone('text_enc', texts)
+        o = self.backbone('text_enc', texts)
         g = self.txt_proj(o.global_)
         r = dict(y=F.normalize(self.txt_head(g), dim=-1), y_uni=F.normalize(self.txt_uni_head(g), dim=-1))
         if o.tokens is not None: r |= dict(txt_tokens=F.normalize(self.txt_head(self.txt_tok_proj(o.tokens)), dim=-1), txt_mask=o.mask)

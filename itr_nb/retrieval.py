@@ -16,14 +16,15 @@ from torch import nn
 from .core import ItrError, load_json, seed_everything, get_device
 from .data import Preprocess
 from .shards import ShardData
+from .precomp import RegionFeatures
 from .splits import SplitData, load_split, load_splits, pair_batches, steps_per_epoch, epoch_captions   # re-exported: they lived here
 from .encoders import image_encoder, text_encoder, DualEncoder, EncoderOutput, local_path, clip_tower_config
 from .losses import ContrastiveLoss
 from .metrics import evaluate
 
 # %% auto #0
-__all__ = ['tower_preprocess', 'image_preprocess', 'ModelConfig', 'build_model', 'ContrastiveObjective', 'embed_split',
-           'evaluate_split', 'cache_image_features', 'train_retrieval']
+__all__ = ['tower_preprocess', 'image_preprocess', 'ModelConfig', 'image_encoder_for', 'build_model', 'ContrastiveObjective',
+           'embed_split', 'evaluate_split', 'cache_image_features', 'train_retrieval']
 
 # %% ../nbs/08_retrieval.ipynb #ba662733
 _DEFAULT_TOWER = dict(size=64, short_side=0, crop_offset='round', interpolation='bicubic', pretrained=False)
@@ -32,7 +33,7 @@ def tower_preprocess(spec:str) -> dict:
     "An image tower's own evaluation transform: size, short_side, crop_offset, interpolation, and whether it is pretrained."
     kind, _, arg = spec.partition(':')
     t = dict(_DEFAULT_TOWER)
-    if spec == 'small-cnn': return t
+    if spec == 'small-cnn' or kind == 'precomp': return t   # precomp: features, no images to prepare
     if kind == 'timm' and arg:
         import timm
         c = timm.models.get_pretrained_cfg(arg)
@@ -83,17 +84,28 @@ def image_preprocess(image_encoder:str='small-cnn', # the template's image tower
 @dataclass
 class ModelConfig:
     "What the dual encoder is made of."
-    image_encoder: str = 'small-cnn'       # small-cnn | efficientnet-lite0 | timm:<name> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint>
+    image_encoder: str = 'small-cnn'       # small-cnn | efficientnet-lite0 | timm:<name> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint> | precomp | precomp:<layers>
     text_encoder: str = 'small-transformer'  # small-transformer | minilm | hf:<path> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint>
     dim: int = 128                          # joint embedding size
     freeze_image: bool = False
     freeze_text: bool = False
     proj: bool = True                       # a Linear to `dim` before the heads; False: heads on the backbone embeddings (CUSA's official layout)
 
-def build_model(cfg:ModelConfig, seed:int=0) -> DualEncoder:
+def image_encoder_for(spec:str, data=None, **kw) -> nn.Module:
+    "`image_encoder(spec)`; 'precomp' (and 'precomp:<layers>') takes its width, geometry and region count from `data`'s region features."
+    pre = isinstance(getattr(data, 'feats', None), RegionFeatures)
+    if spec.partition(':')[0] == 'precomp':
+        if not pre: raise ItrError(f"image encoder {spec!r} reads precomputed region features, but the training split is not a precomp folder (dataset='precomp:DIR')")
+        f = data.feats
+        return image_encoder(spec, dim=f.dim, geometry=f.geometry_dim, n_tokens=f.n_regions, **kw)
+    if pre: raise ItrError(f"the dataset is a precomp folder (region features, no images): use image_encoder='precomp' (or 'precomp:<layers>'), not {spec!r}")
+    return image_encoder(spec, **kw)
+
+def build_model(cfg:ModelConfig, seed:int=0,
+                data=None) -> DualEncoder: # the training split (a precomp split sizes the 'precomp' encoder)
     "The dual encoder of `cfg`, initialised from `seed`."
     seed_everything(seed)
-    return DualEncoder(image_encoder(cfg.image_encoder), text_encoder(cfg.text_encoder), cfg.dim,
+    return DualEncoder(image_encoder_for(cfg.image_encoder, data), text_encoder(cfg.text_encoder), cfg.dim,
                        freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text, proj=cfg.proj)
 
 class ContrastiveObjective(nn.Module):
@@ -143,6 +155,7 @@ def cache_image_features(model:DualEncoder, data:SplitData, cache_dir=None, batc
     "Attach the frozen image backbone's cached outputs to `data` (computed once, then read from `cache_dir`)."
     from itr_nb.core import data_root
     from itr_nb.encoders import cached_features, file_identity
+    if isinstance(data.feats if isinstance(data, SplitData) else None, RegionFeatures): return data   # precomp: the features are the data
     if isinstance(data, ShardData): raise ItrError("a frozen image backbone caches features per image of a split; streamed shards have none (train the tower, or use a Karpathy file)")
     enc = model.image_enc
     src = Path(data.source) if data.source else None
@@ -165,7 +178,7 @@ def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train
                     augment:str='none'): # 'none' | 'crop' | 'crop+flip' (see `itr_nb.data.augment_image`)
     "Train a dual encoder on `train`, choosing the best epoch on `val`; returns (model, objective, history)."
     from itr_nb.train import fit, load_checkpoint
-    model = model or build_model(model_cfg, train_cfg.seed)
+    model = model or build_model(model_cfg, train_cfg.seed, train)
     model_config = model_config or asdict(model_cfg)
     dev = get_device(train_cfg.device)
     if model_cfg.freeze_image:

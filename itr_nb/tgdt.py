@@ -95,10 +95,7 @@ class TGDT(FrozenBackbones):
         self.freeze_backbones_(freeze_image, freeze_text)
 
     def _backbone(self, name, inp) -> EncoderOutput:
-        if isinstance(inp, EncoderOutput): o = inp
-        elif self.frozen[name]:
-            with torch.no_grad(): o = getattr(self, name)(inp)
-        else: o = getattr(self, name)(inp)
+        o = self.backbone(name, inp)
         if o.tokens is None: raise ItrError(f"TGDT needs token features, but the {name.split('_')[0]} encoder gave none")
         return o
 
