@@ -5,7 +5,7 @@ Modules:
 - `itr_nb.claims`: Each paper's claim as a paired comparison of two arms over seeds, with a 95% interval bootstrapped over test queries within seeds and over seeds, and a verdict fixed in advance: shown, contradicted, or not shown.
 - `itr_nb.cusa`: CUSA (Huang et al., AAAI 2024): frozen uni-modal teachers give soft labels over the batch; the student's cross-modal (CSA) and uni-modal (USA) similarity distributions are pulled toward them (METHODS.md section 2).
 - `itr_nb.data`: Karpathy-format split files (Flickr30K, COCO, the embedded benchmark), caption preprocessing, image decoding and preprocessing as the models expect it, and PyTorch datasets.
-- `itr_nb.distributed`: Training on several processes with torchrun: DistributedDataParallel, each global batch cut into one share per process, negatives gathered across processes and CUSA's teacher soft labels computed on the gathered batch.
+- `itr_nb.distributed`: Every training template under torchrun: `itr-nb ddp TEMPLATE` runs the template's own code in each process, with the same parameters; the training functions shard the batches, gather negatives and sum gradients.
 - `itr_nb.encoders`: Image and text encoders behind one interface, the dual encoder with two heads per modality, and on-disk caches of frozen features.
 - `itr_nb.experiment`: Papermill experiments: run a template notebook with checked parameters into `runs/`, sweep a grid over parameters and seeds, and summarise the runs as tables and a plot.
 - `itr_nb.images`: The decode-once image cache: a split's images decoded by worker processes into one uint8 array on disk, written atomically, keyed by the dataset file and the preprocessing, and read back a batch at a time.

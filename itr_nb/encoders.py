@@ -550,8 +550,9 @@ class DualEncoder(FrozenBackbones):
         if o.tokens is not None: r |= dict(txt_tokens=F.normalize(self.txt_head(self.txt_tok_proj(o.tokens)), dim=-1), txt_mask=o.mask)
         return r
 
-    def forward(self, images, texts) -> dict:
-        "Both branches: x, y, x_uni, y_uni [B,d] (unit norm), img_tokens, txt_tokens [B,L,d], txt_mask."
+    def forward(self, images=None, texts=None, run=None) -> dict:
+        "Both branches: x, y, x_uni, y_uni [B,d] (unit norm), img_tokens, txt_tokens [B,L,d], txt_mask; or `run(self)` when given."
+        if run is not None: return run(self)   # what an objective needs beyond the two branches, still through the forward of a DDP wrapper
         return self.encode_image(images) | self.encode_text(texts)
 
 # %% ../nbs/04_encoders.ipynb #97034ff0

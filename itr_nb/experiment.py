@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse, datetime, hashlib, itertools, json, os, sys, traceback
 from pathlib import Path
 import numpy as np, yaml
-from .core import ItrError, atomic_write, save_json, load_json, project_root, runs_root
+from .core import ItrError, atomic_write, save_json, load_json, project_root, runs_root, data_root
 
 # %% auto #0
-__all__ = ['HEADLINE', 'find_template', 'template_params', 'check_params', 'parse_params', 'run_dir_name', 'run_template',
-           'load_sweep', 'sweep_runs', 'summarise', 'run_sweep', 'run_arguments', 'run_command', 'sweep_arguments',
-           'sweep_command', 'load_main', 'main_summary', 'main_arguments', 'main_command']
+__all__ = ['HEADLINE', 'find_template', 'template_params', 'check_params', 'parse_params', 'run_dir_name', 'default_run_dir',
+           'run_template', 'is_recipe', 'load_recipe', 'resolve_run', 'load_sweep', 'sweep_runs', 'summarise',
+           'run_sweep', 'run_arguments', 'run_command', 'sweep_arguments', 'sweep_command', 'load_main', 'main_summary',
+           'main_arguments', 'main_command']
 
 # %% ../nbs/07_experiment.ipynb #2ca0239e
 def find_template(name) -> Path:
@@ -73,6 +74,10 @@ def run_dir_name(params:dict) -> str:
     name = ','.join(items)[:80].replace('/', '_') or 'default'
     return f"{name}-{hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:6]}"
 
+def default_run_dir(template, params:dict) -> Path:
+    "Where a run of `template` with `params` goes when no folder is given: runs/<template>/<params>."
+    return runs_root()/Path(template).stem/run_dir_name({k: _abs_path(v) for k, v in params.items()})
+
 def _abs_path(v):
     "A relative path value (has a '/' and exists from here) made absolute; anything else unchanged."
     return str(Path(v).resolve()) if isinstance(v, str) and '/' in v and not Path(v).is_absolute() and Path(v).exists() else v
@@ -82,7 +87,7 @@ def run_template(template, params:dict|None=None, out_dir=None, progress:bool=Tr
     import papermill as pm
     tpl = find_template(template); params = check_params(tpl, dict(params or {}))
     params = {k: _abs_path(v) for k, v in params.items()}   # the notebook runs in its run folder, not in the caller's
-    out = Path(out_dir or params.get('out_dir') or runs_root()/tpl.stem/run_dir_name(params)).resolve()
+    out = Path(out_dir or params.get('out_dir') or default_run_dir(tpl, params)).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if 'out_dir' in template_params(tpl): params['out_dir'] = str(out)
     save_json(params, out/'params.json')
@@ -97,6 +102,34 @@ def run_template(template, params:dict|None=None, out_dir=None, progress:bool=Tr
     status['secs'] = (datetime.datetime.now() - t0).total_seconds()
     save_json(status, out/'status.json')
     return status
+
+# %% ../nbs/07_experiment.ipynb #d17b3ee1
+_RECIPE_KEYS = ('template', 'source', 'params')
+
+def is_recipe(path) -> bool:
+    "Whether `path` is a recipe file (a .yaml/.yml file, not a template notebook)."
+    return Path(path).suffix in ('.yaml', '.yml') and Path(path).is_file()
+
+def _expand(v):
+    "`{data}` in a string value replaced by the data folder."
+    return v.replace('{data}', str(data_root())) if isinstance(v, str) else v
+
+def load_recipe(path) -> dict:
+    "Read and check a recipe: its template, source and params (`{data}` expanded)."
+    spec = parse_params(files=[path])
+    for k in spec:
+        if k not in _RECIPE_KEYS: raise ItrError(f"{path}: unknown field '{k}' (a recipe has {', '.join(_RECIPE_KEYS)})")
+    for k in _RECIPE_KEYS:
+        if k not in spec: raise ItrError(f"{path}: field '{k}' missing")
+    if not isinstance(spec['params'], dict): raise ItrError(f"{path}: params must be a mapping of parameter: value")
+    return dict(spec, params={k: _expand(v) for k, v in spec['params'].items()})
+
+def resolve_run(template, pairs=(), files=()) -> tuple:
+    "(template path, params) of a template with `-p`/`-f` parameters, or of a recipe with them layered over its own."
+    if is_recipe(template):
+        r = load_recipe(template)
+        return find_template(r['template']), r['params'] | {k: _expand(v) for k, v in parse_params(pairs, files).items()}
+    return find_template(template), {k: _expand(v) for k, v in parse_params(pairs, files).items()}
 
 # %% ../nbs/07_experiment.ipynb #2fd6a729
 def load_sweep(path) -> dict:
@@ -179,17 +212,18 @@ def run_sweep(path, progress:bool=True) -> tuple:
 
 # %% ../nbs/07_experiment.ipynb #d8280f0e
 def run_arguments(p:argparse.ArgumentParser):
-    p.add_argument('template', help='template notebook (path, or a name in experiments/)')
+    p.add_argument('template', help='template notebook (path, or a name in experiments/), or a recipe YAML (experiments/official/)')
     p.add_argument('-p', '--param', nargs=2, action='append', default=[], metavar=('KEY', 'VALUE'), help='a parameter (value read as YAML)')
     p.add_argument('-f', '--file', action='append', default=[], help='a YAML file of parameters (several layer; -p wins)')
     p.add_argument('--out', help='run folder (default runs/<template>/<params>)')
     p.add_argument('--help-params', action='store_true', help="list the template's parameters and exit")
 
 def run_command(args) -> int:
+    tpl, params = resolve_run(args.template, args.param, args.file)
     if args.help_params:
-        for k, v in template_params(args.template).items(): print(f"{k}: {v['inferred_type_name']} = {v['default']}  # {v['help']}")
+        for k, v in template_params(tpl).items(): print(f"{k}: {v['inferred_type_name']} = {params.get(k, v['default'])}  # {v['help']}")
         return 0
-    st = run_template(args.template, parse_params(args.param, args.file), args.out)
+    st = run_template(tpl, params, args.out)
     print(f"{st['status']}: {st['out_dir']}" + (f"\n{st['error']}" if st['status'] != 'ok' else ''))
     return 0 if st['status'] == 'ok' else 1
 

@@ -55,9 +55,15 @@ def clamp_temperatures_(model:nn.Module):
         if isinstance(m, Temperature): m.clamp_()
 
 # %% ../nbs/05_losses.ipynb #6969d51b
-def gather_batch(t:Tensor) -> Tensor:
+def gather_batch(t:Tensor, # [B, ...] this rank's rows
+                 pad_dim:int|None=None) -> Tensor: # a dimension whose length differs between ranks (words): zero-padded to the longest first
     "Rows from every rank concatenated in rank order, gradients kept for this rank's rows; identity outside DDP."
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return t
+    if pad_dim is not None:
+        L = torch.tensor([t.shape[pad_dim]], device=t.device); dist.all_reduce(L, op=dist.ReduceOp.MAX)
+        if int(L) > t.shape[pad_dim]:
+            shape = list(t.shape); shape[pad_dim] = int(L) - t.shape[pad_dim]
+            t = torch.cat([t, t.new_zeros(shape)], pad_dim)
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t.detach().contiguous())
     parts[dist.get_rank()] = t

@@ -111,6 +111,10 @@ def build_model(cfg:ModelConfig, seed:int=0,
 class ContrastiveObjective(nn.Module):
     "The baseline: multi-positive InfoNCE on the cross-modal heads (METHODS.md section 1)."
     def __init__(self, **kw): super().__init__(); self.con = ContrastiveLoss(**kw)
+    @property
+    def gather_negatives(self) -> bool: return self.con.gather_negatives   # negatives from every process (torchrun)
+    @gather_negatives.setter
+    def gather_negatives(self, v:bool): self.con.gather_negatives = v
     def forward(self, model, batch) -> dict:
         out = model(batch['images'], batch['captions'])
         return dict(loss=self.con(out['x'], out['y'], batch['img_idx']))
@@ -177,7 +181,8 @@ def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train
                     workers:int=0, # DataLoader worker processes for the training batches
                     augment:str='none'): # 'none' | 'crop' | 'crop+flip' (see `itr_nb.data.augment_image`)
     "Train a dual encoder on `train`, choosing the best epoch on `val`; returns (model, objective, history)."
-    from itr_nb.train import fit, load_checkpoint
+    from itr_nb.train import fit, load_best, ddp_setup
+    rank, world = ddp_setup(train_cfg.device)   # under torchrun: this rank's share of every global batch (see `itr_nb.distributed`)
     model = model or build_model(model_cfg, train_cfg.seed, train)
     model_config = model_config or asdict(model_cfg)
     dev = get_device(train_cfg.device)
@@ -185,10 +190,9 @@ def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train
         for d in (train, val): cache_image_features(model, d, cache_dir, device=dev)
     objective = objective or ContrastiveObjective()
     def batches(ep):
-        it = pair_batches(train, batch_size, ep, train_cfg.seed, per_caption, workers=workers, augment=augment, device=dev)
+        it = pair_batches(train, batch_size, ep, train_cfg.seed, per_caption, workers=workers, augment=augment, device=dev, rank=rank, world=world)
         return it if batch_fn is None else (batch_fn(b, ep) for b in it)
     hist = fit(model, objective, batches, steps_per_epoch(train, batch_size, per_caption),
                lambda m: evaluate_split(m, val, uni=False), train_cfg, out_dir, model_config, progress, resume=resume)
-    if out_dir and (Path(out_dir)/'best.safetensors').exists():
-        load_checkpoint(Path(out_dir)/'best.safetensors', dict(model=model, loss=objective), model_config)
+    load_best(out_dir, dict(model=model, loss=objective), model_config)
     return model, objective, hist

@@ -14,6 +14,7 @@ from torch import Tensor
 from .core import ItrError
 from .encoders import EncoderOutput, FrozenBackbones
 from .metrics import evaluate
+from .losses import gather_batch
 
 # %% auto #0
 __all__ = ['ARCHS', 'TokenTransformer', 'image_token_count', 'TGDT', 'local_sim', 'triplet_hardest', 'intra_consistency',
@@ -47,7 +48,7 @@ class TokenTransformer(nn.Module):
     def forward(self, tokens:Tensor, mask:Tensor|None=None) -> tuple:
         B, L, _ = tokens.shape
         m = torch.ones(B, L, dtype=torch.bool, device=tokens.device) if mask is None else mask.bool()
-        h = self.proj(tokens.float())
+        h = self.proj(tokens.to(self.proj.weight.dtype))   # cached fp16 tokens are read in the weights' precision
         if self.pos is not None:
             if L > self.max_len: raise ItrError(f"{L} input tokens, but position embeddings for only {self.max_len} (size the table from the encoder: img_positions=None)")
             h = h + self.pos[:L]
@@ -179,14 +180,18 @@ class TGDTObjective(nn.Module):
                  margin_c:float=0.3, # consistency margin m_c
                  w_global:float=1.0, w_local:float=1.0, w_intra:float=1.0, # weights of the three terms
                  lambda_l:float=1.0, reduce:str='mean', # local similarity scaling (official: 10, 'sum')
-                 warmup_steps:int=0): # first training steps with all negatives instead of the hardest (from-scratch backbones)
+                 warmup_steps:int=0, # first training steps with all negatives instead of the hardest (from-scratch backbones)
+                 gather_negatives:bool=False): # the loss of the global batch from every process's rows (torchrun; switched on by `fit`)
         super().__init__()
         _check_reduce(reduce)
         self.margin, self.margin_c, self.w = margin, margin_c, dict(tri_g=w_global, tri_l=w_local, intra=w_intra)
-        self.lambda_l, self.reduce, self.warmup_steps, self.steps = lambda_l, reduce, warmup_steps, 0
+        self.lambda_l, self.reduce, self.warmup_steps, self.steps, self.gather_negatives = lambda_l, reduce, warmup_steps, 0, gather_negatives
 
     def forward(self, model, batch) -> dict:
         o, ids = model(batch['images'], batch['captions']), batch['img_idx']
+        if self.gather_negatives:   # global and token embeddings of every share; words zero-padded to the longest share
+            o = {k: gather_batch(o[k], None if k in ('x', 'y') else 1) for k in ('x', 'y', 'img_tokens', 'img_mask', 'txt_tokens', 'txt_mask')}
+            ids = gather_batch(ids)
         hard = self.steps >= self.warmup_steps; self.steps += self.training
         parts = {}
         if self.w['tri_g']: parts['tri_g'] = triplet_hardest(o['x'] @ o['y'].T, ids, self.margin, hard)

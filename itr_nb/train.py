@@ -7,19 +7,22 @@ Docs: https://itr-nb.github.io/itr_nb/train.html.md"""
 
 # %% ../nbs/06_train.ipynb #41858e42
 from __future__ import annotations
-import itertools, json, math, random, time
+import datetime, itertools, json, math, os, random, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np, torch
 from torch import nn
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from safetensors.torch import save, load_file
 from .core import ItrError, atomic_write, save_json, load_json, seed_everything, get_device
-from .losses import clamp_temperatures_
+from .losses import clamp_temperatures_, ContrastiveLoss
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'param_groups', 'cosine_schedule', 'save_checkpoint', 'load_checkpoint', 'save_train_state',
-           'load_train_state', 'TrainConfig', 'fit', 'plot_history']
+__all__ = ['OPTIMIZERS', 'PRECISIONS', 'param_groups', 'cosine_schedule', 'step_schedule', 'make_optimizer', 'save_checkpoint',
+           'load_checkpoint', 'save_train_state', 'load_train_state', 'init_from_env', 'rank_world', 'ddp_setup',
+           'shard_batch', 'wrap_ddp', 'gather_negatives_', 'TrainConfig', 'fit', 'load_best', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #b27f9257
 def param_groups(modules, weight_decay:float=1e-4):
@@ -41,6 +44,20 @@ def cosine_schedule(opt, total_steps:int, lr_min:float=1e-6, warmup_steps:int=0)
         t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return (lr_min + (base - lr_min) * 0.5 * (1 + math.cos(math.pi * t))) / base
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+# %% ../nbs/06_train.ipynb #3eb869ee
+def step_schedule(opt, steps_per_epoch:int, step_every:int=20, gamma:float=0.1, warmup_steps:int=0):
+    "A `LambdaLR`: the base rate times `gamma` ** (epoch // `step_every`), times min(1, (step+1) / `warmup_steps`) (TGDT's StepLR and linear warm-up)."
+    if step_every < 1: raise ItrError(f"step_every must be >= 1 epoch, got {step_every}")
+    def f(step): return gamma ** (step // (max(1, steps_per_epoch) * step_every)) * (min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+OPTIMIZERS = {'adamw': torch.optim.AdamW, 'adam': torch.optim.Adam}   # adam: weight decay as an L2 term in the gradient (TGDT: none)
+
+def make_optimizer(name:str, groups:list, lr:float):
+    "AdamW (decoupled weight decay; CUSA) or Adam (TGDT) over `param_groups`."
+    if name not in OPTIMIZERS: raise ItrError(f"optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")
+    return OPTIMIZERS[name](groups, lr=lr)
 
 # %% ../nbs/06_train.ipynb #848668a4
 def _flat_state(modules:dict) -> tuple:
@@ -70,7 +87,8 @@ def save_checkpoint(path, modules:dict, config:dict, extra:dict|None=None):
 
 # keys added to configurations after runs were first saved, with the value that gives what those runs did; a saved
 # configuration lacking one (where the current one has it) is read with this value, so older checkpoints still load
-_ADDED_DEFAULTS = {'proj': True, 'model.proj': True, 'train.precision': 'bf16'}
+_ADDED_DEFAULTS = {'proj': True, 'model.proj': True, 'train.precision': 'bf16', 'train.optimizer': 'adamw', 'train.schedule': 'cosine',
+                   'train.step_every': 20, 'train.step_gamma': 0.1}
 
 def _upgrade_config(saved:dict, current:dict) -> dict:
     "`saved` with keys added since filled in: the old `amp` switch becomes `precision` (on: 'bf16', off: 'fp32')."
@@ -154,6 +172,65 @@ def load_train_state(path, model:nn.Module, loss_fn:nn.Module, opt, sch, config:
     v, st, g = meta['rng_python']; random.setstate((v, tuple(st), g))
     return meta
 
+# %% ../nbs/06_train.ipynb #dc01a5c0
+def init_from_env(backend:str|None=None, # 'gloo' | 'nccl'; None: nccl on CUDA, gloo otherwise
+                  timeout_min:int=120) -> tuple: # how long a rank may wait for the others (validation runs on rank 0 alone)
+    "Join the process group torchrun describes; returns (rank, world size, device)."
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ: return 0, 1, torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    rank, world, local = int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), int(os.environ.get('LOCAL_RANK', 0))
+    cuda = torch.cuda.is_available() and backend != 'gloo'
+    if cuda: torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend or ('nccl' if cuda else 'gloo'), timeout=datetime.timedelta(minutes=timeout_min))
+    return rank, world, torch.device(f'cuda:{local}' if cuda else 'cpu')
+
+def rank_world() -> tuple:
+    "(rank, world size) of this process; (0, 1) outside torch.distributed."
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+def ddp_setup(device='auto') -> tuple:
+    "Join torchrun's process group (once) when this process is one of several; returns (rank, world size)."
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and 'RANK' in os.environ and not dist.is_initialized():
+        init_from_env('nccl' if get_device(device).type == 'cuda' else 'gloo')
+    return rank_world()
+
+# %% ../nbs/06_train.ipynb #25b27f00
+def shard_batch(batch:dict, rank:int, world:int) -> dict:
+    "Rows `[rank B/world, (rank+1) B/world)` of every tensor and list in `batch`."
+    n = len(batch['img_idx'])
+    if n % world: raise ItrError(f"global batch of {n} pairs cannot be split evenly over {world} processes: use a batch size divisible by {world}")
+    a, b = rank * n // world, (rank + 1) * n // world
+    return {k: v[a:b] if torch.is_tensor(v) or isinstance(v, (list, tuple)) else v for k, v in batch.items()}
+
+# %% ../nbs/06_train.ipynb #657131e2
+def _sum_hook(state, bucket):
+    "DDP communication hook: all-reduce the gradient bucket as a sum (not a mean)."
+    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0])
+
+def wrap_ddp(model:nn.Module, device=None, # the model already on `device`
+             sync_bn:bool=False) -> nn.Module: # SyncBatchNorm (CUDA only)
+    "`model` in DistributedDataParallel with summed gradients (single-process gradients of the gathered batch); itself outside DDP."
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return model
+    if sync_bn: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == 'cuda' else None, find_unused_parameters=True)
+    ddp.register_comm_hook(None, _sum_hook)
+    return ddp
+
+# %% ../nbs/06_train.ipynb #c53b15aa
+def gather_negatives_(objective:nn.Module) -> nn.Module:
+    "Switch on `objective.gather_negatives` (the full-batch loss from every process's rows); refuse an objective without one."
+    if not hasattr(objective, 'gather_negatives'):
+        raise ItrError(f"{type(objective).__name__} cannot train over several processes: it has no gather_negatives switch (the loss of the whole global batch from every process's rows)")
+    objective.gather_negatives = True
+    return objective
+
+def _broadcast(obj):
+    "`obj` of rank 0 on every rank (itself outside torch.distributed)."
+    if rank_world()[1] == 1: return obj
+    box = [obj]; dist.broadcast_object_list(box, 0)
+    return box[0]
+
 # %% ../nbs/06_train.ipynb #9c0cdb98
 @dataclass
 class TrainConfig:
@@ -169,9 +246,15 @@ class TrainConfig:
     precision: str = 'bf16'         # 'bf16' | 'fp16' (with a GradScaler) | 'fp32': autocast on CUDA only, the CPU always runs fp32
     select: str = 'rsum'            # validation metric that chooses the best checkpoint (higher is better)
     ckpt_every: int = 0             # with an output folder, also save the resume state every this many steps (0: at epoch ends only)
+    optimizer: str = 'adamw'        # 'adamw' (CUSA, itr_nb) | 'adam' (TGDT; weight decay, if any, as an L2 term)
+    schedule: str = 'cosine'        # 'cosine' to lr_min (CUSA, itr_nb) | 'step': x step_gamma every step_every epochs (TGDT)
+    step_every: int = 20            # epochs between two steps of the 'step' schedule (TGDT: 20)
+    step_gamma: float = 0.1         # factor of each step (TGDT: 0.1)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS: raise ItrError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS: raise ItrError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in ('cosine', 'step'): raise ItrError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
         if self.grad_clip < 0: raise ItrError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
 
 PRECISIONS = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': None}
@@ -192,18 +275,25 @@ def _train_config(cfg) -> dict:
 def fit(model:nn.Module, loss_fn:nn.Module, batches, steps_per_epoch:int, validate, cfg:TrainConfig,
         out_dir=None, model_config:dict|None=None, progress:bool=True,
         resume:bool=False, # carry on from `out_dir/last.safetensors` if there is one (else start afresh)
-        wrap=None, # called on the model to get what the loss runs, e.g. `DistributedDataParallel`
-        main_process:bool=True): # only the main process validates, writes files and prints
+        wrap=None, # called on the model to get what the loss runs (default under torchrun: `wrap_ddp`)
+        main_process:bool=True): # only the main process validates, writes files and prints (under torchrun: rank 0)
     "Train, validate every epoch, keep the best checkpoint on validation; returns the history (one dict per epoch)."
     dev = get_device(cfg.device)
     seed_everything(cfg.seed)
     model.to(dev); loss_fn.to(dev)
-    opt = torch.optim.AdamW(param_groups([model, loss_fn], cfg.weight_decay), lr=cfg.lr)
-    sch = cosine_schedule(opt, cfg.epochs * steps_per_epoch, cfg.lr_min, cfg.warmup_steps)
+    rank, world = rank_world()
+    if world > 1:   # torchrun: `batches` yields this rank's shares; rank 0 validates and writes, the others follow its history
+        gather_negatives_(loss_fn); main_process = main_process and rank == 0
+        wrap = wrap or wrap_ddp
+        shared = _broadcast(str(Path(out_dir).resolve()) if out_dir else None)   # rank 0's folder: resume from its state
+    opt = make_optimizer(cfg.optimizer, param_groups([model, loss_fn], cfg.weight_decay), cfg.lr)
+    sch = (cosine_schedule(opt, cfg.epochs * steps_per_epoch, cfg.lr_min, cfg.warmup_steps) if cfg.schedule == 'cosine' else
+           step_schedule(opt, steps_per_epoch, cfg.step_every, cfg.step_gamma, cfg.warmup_steps))
     amp = _amp_dtype(cfg.precision, dev)                       # None: fp32 (always on the CPU)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
     out_dir = Path(out_dir) if out_dir else None
     last = out_dir/'last.safetensors' if out_dir else None
+    if world > 1: last = Path(shared)/'last.safetensors' if shared else None
     config = dict(model=model_config or {}, train=_train_config(cfg), steps_per_epoch=steps_per_epoch)
     history, best, start, skip, sums, n, secs = [], -math.inf, 0, 0, {}, 0, 0.0
     if resume and last is not None and last.exists():
@@ -241,6 +331,7 @@ def fit(model:nn.Module, loss_fn:nn.Module, batches, steps_per_epoch:int, valida
         model.eval(); loss_fn.eval()
         if main_process:
             with torch.no_grad(): row |= {f'val_{k}': v for k, v in validate(model).items()}
+        if world > 1: row = _broadcast(row)                        # every rank keeps rank 0's history (and so its choice)
         score = row.get(f'val_{cfg.select}', -row['train_loss'])
         row['best'] = score > best
         if row['best']:
@@ -250,11 +341,25 @@ def fit(model:nn.Module, loss_fn:nn.Module, batches, steps_per_epoch:int, valida
         if out_dir and main_process: save_json(history, out_dir/'history.json')
         checkpoint(ep + 1, 0, 0.0)
         if progress and main_process: print(f"epoch {ep+1}: " + ', '.join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != 'lr'))
+    if world > 1: dist.barrier()                                  # rank 0's checkpoints are written before anyone reads them
     return history
 
 def _flat_config(config:dict) -> dict:
     "One level of keys (model.dim, train.lr, ...) so a difference is named by its field."
     return {f'{k}.{j}' if isinstance(v, dict) else k: w for k, v in config.items() for j, w in (v.items() if isinstance(v, dict) else [(None, v)])}
+
+# %% ../nbs/06_train.ipynb #4c0edbf0
+def load_best(out_dir, modules:dict, model_config:dict|None=None) -> bool:
+    "Load `out_dir/best.safetensors` into `modules` if `fit` wrote one; under torchrun every rank loads rank 0's (and links it into its own `out_dir`)."
+    main = Path(out_dir).resolve() if out_dir else None
+    if rank_world()[1] > 1: main = _broadcast(str(main) if main else None); main = Path(main) if main else None
+    if main is None or not (main/'best.safetensors').exists(): return False
+    load_checkpoint(main/'best.safetensors', modules, model_config)
+    if out_dir and Path(out_dir).resolve() != main:               # another rank's folder: the files its template looks for
+        for f in ('best.safetensors', 'best.json'):
+            q = Path(out_dir)/f
+            if not q.exists(): q.parent.mkdir(parents=True, exist_ok=True); q.symlink_to(main/f)
+    return True
 
 # %% ../nbs/06_train.ipynb #4524e9ba
 def plot_history(history:list, path=None, keys=None):

@@ -15,7 +15,7 @@ from torch import Tensor
 from .core import ItrError, load_json, save_json, seed_everything
 from .data import preprocess_caption
 from .encoders import CLIPImage, DualEncoder, image_encoder, text_encoder
-from .losses import ContrastiveLoss
+from .losses import ContrastiveLoss, gather_batch
 from .retrieval import SplitData, ModelConfig, pair_batches, steps_per_epoch, embed_split, evaluate_split
 
 # %% auto #0
@@ -315,23 +315,32 @@ class TTDObjective(nn.Module):
         self.scale, self.shift = nn.Parameter(torch.tensor(float(scale)), learn_affine), nn.Parameter(torch.tensor(float(shift)), learn_affine)
         self.con = ContrastiveLoss(tau, **con_kw)
 
+    @property
+    def gather_negatives(self) -> bool: return self.con.gather_negatives   # the global batch's loss from every process's rows (torchrun)
+    @gather_negatives.setter
+    def gather_negatives(self, v:bool): self.con.gather_negatives = v
+
     def bce(self, A:Tensor, target:Tensor) -> Tensor:
         "Per-map BCE of sigmoid(scale * A + shift) against `target`, averaged over pixels."
         return F.binary_cross_entropy_with_logits(self.scale * A + self.shift, target, reduction='none').mean((-2, -1))
 
     def forward(self, model, batch) -> dict:
-        r, t = encode_dense(model, batch['images']), model.encode_text(batch['captions'])
         vocab, idx, valid = pad_tags([caption_tags(c, self.stop_words) for c in batch['captions']])
+        def run(m):   # dense image features, captions and tags (e_t with gradient), through the model's forward (DDP)
+            return encode_dense(m, batch['images']), m.encode_text(batch['captions']), m.encode_text(vocab)['y']
+        r, t, E = model(run=run)
         dev = r['dense'].device; idx, valid = idx.to(dev), valid.to(dev)
-        E = model.encode_text(vocab)['y']                             # e_t with gradient
         A_cap, A_tag = similarity_maps(r['dense'], t['y']), similarity_maps(r['dense'], E[idx])
         sel, tgt, union = ttd_targets(A_tag, valid, self.theta, self.argmax_only)
+        selected = (sel.sum() / valid.sum().clamp_min(1)).detach()    # share of this process's candidates kept
+        if self.gather_negatives:   # every share's maps and targets (tags zero-padded to the longest share): scale and shift see the global batch
+            A_cap, union, A_tag, tgt, valid = gather_batch(A_cap), gather_batch(union), *(gather_batch(v, 1) for v in (A_tag, tgt, valid))
         l_distill = self.bce(A_cap, union).mean()
         l_tag = (self.bce(A_tag, tgt) * valid).sum() / valid.sum().clamp_min(1)
         l_con = self.con(r['x'], t['y'], batch['img_idx'])
         loss = self.w_con * l_con + self.w_distill * l_distill + self.w_tag * l_tag
         return dict(loss=loss, con=l_con.detach(), distill=l_distill.detach(), tag=l_tag.detach(),
-                    selected=(sel.sum() / valid.sum().clamp_min(1)).detach())
+                    selected=selected)
 
 # %% ../nbs/11_ttd.ipynb #b3e16808
 def add_lora(model:DualEncoder, rank:int=8, alpha:float=16.0, dropout:float=0.0, targets=None,
@@ -366,14 +375,14 @@ def ttd_validate(model:DualEncoder, val:SplitData, truth:TagTruth, theta:float, 
 def train_ttd(model:DualEncoder, objective:TTDObjective, train:SplitData, val:SplitData, val_truth:TagTruth, train_cfg,
               batch_size:int=128, out_dir=None, model_config:dict|None=None, progress:bool=True) -> list:
     "Fine-tune `model` with `objective`; the best epoch on `train_cfg.select` is loaded back; returns the history."
-    from itr_nb.train import fit, load_checkpoint
+    from itr_nb.train import fit, load_best, ddp_setup
+    rank, world = ddp_setup(train_cfg.device)   # under torchrun: this rank's share of every global batch
     if not val_truth.annotated and train_cfg.select in ('tag_f1', 'cap_miou'):
         if progress: print(f"no annotations to compute {train_cfg.select} on: the best TTD epoch is chosen by rsum")
         train_cfg = replace(train_cfg, select='rsum')
-    hist = fit(model, objective, lambda ep: pair_batches(train, batch_size, ep, train_cfg.seed), steps_per_epoch(train, batch_size),
+    hist = fit(model, objective, lambda ep: pair_batches(train, batch_size, ep, train_cfg.seed, rank=rank, world=world), steps_per_epoch(train, batch_size),
                lambda m: ttd_validate(m, val, val_truth, objective.theta, objective.argmax_only), train_cfg, out_dir, model_config, progress)
-    if out_dir and (Path(out_dir)/'best.safetensors').exists():
-        load_checkpoint(Path(out_dir)/'best.safetensors', dict(model=model, loss=objective), model_config)
+    load_best(out_dir, dict(model=model, loss=objective), model_config)
     return hist
 
 # %% ../nbs/11_ttd.ipynb #a2f52b52
