@@ -375,8 +375,9 @@ def evaluate_tgdt(model:TGDT, data, k_i2t:int=50, k_t2i:int=100, lambda_l:float=
         t0 = _clock(dev); fused = s_g + s_l; out['fused_secs'] = out['local_secs'] + out['global_secs'] + _clock(dev) - t0
         out |= {f'fused_{k}': v for k, v in evaluate(fused, t2i, rel).items()}
         del s_l, fused
+    k_i2t, k_t2i = min(k_i2t, data.n_captions), min(k_t2i, data.n_images)   # a gallery smaller than K (limit_eval): all of it
     ts = two_stage(e, k_i2t, k_t2i, lambda_l, reduce, block_mb)
-    out |= dict(two_stage_secs=ts['secs'], two_stage_stage1_secs=ts['stage1_secs'], two_stage_stage2_secs=ts['stage2_secs'])
+    out |= dict(k_i2t=k_i2t, k_t2i=k_t2i, two_stage_secs=ts['secs'], two_stage_stage1_secs=ts['stage1_secs'], two_stage_stage2_secs=ts['stage2_secs'])
     si, st = ranking_scores(s_g, *ts['i2t'], 'i2t'), ranking_scores(s_g, *ts['t2i'], 't2i')
     out |= {f'two_stage_{k}': v for k, v in split_metrics(si, st, t2i, rel).items()}
     for k in ks:
