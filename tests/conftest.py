@@ -21,3 +21,11 @@ def tiny_benchmark(tmp_path_factory):
     from itr_nb.synth import build_benchmark
     return build_benchmark(tmp_path_factory.mktemp('synth'), seed=0, n_train=120, n_val=30, n_test=30,
                            image_size=32, workers=1, progress=False)/'dataset.json'
+
+def pytest_collection_modifyitems(config, items):
+    "Tests marked `cuda` need a CUDA GPU: skipped where torch sees none (scripts/gpu_check.sh runs them with `-m cuda`)."
+    import torch
+    if torch.cuda.is_available(): return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU (torch.cuda.is_available() is False)')
+    for it in items:
+        if 'cuda' in it.keywords: it.add_marker(skip)
