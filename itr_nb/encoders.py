@@ -322,6 +322,10 @@ class PrecompImage(nn.Module):
                  layers:int=0, # 0: pass the features on; >0: TERAN's region transformer (TGDT's official image side: 4)
                  heads:int=4, ff:int=2048, dropout:float=0.1):
         super().__init__()
+        # Departure (stated, issue 17): 'precomp' passes the regions on as they are, while TGDT's official image side first
+        # runs TERAN's region transformer over them: 'precomp:4' restores it (box merging, 4 post-LN layers at 2048, 4 heads,
+        # feed-forward 2048). Its official input also carries a zero first region that becomes the image's global token;
+        # here the TGDT branch's learned slot, after this encoder, plays that part.
         self.n_tokens, self.layers, self.geometry = n_tokens, layers, geometry
         if not layers: self.dim = self.token_dim = dim; return
         d = dim - geometry

@@ -192,6 +192,8 @@ def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train
     def batches(ep):
         it = pair_batches(train, batch_size, ep, train_cfg.seed, per_caption, workers=workers, augment=augment, device=dev, rank=rank, world=world)
         return it if batch_fn is None else (batch_fn(b, ep) for b in it)
+    # Departure (stated, issue 17): the best epoch is chosen on `val`; CUSA's official code chooses its checkpoint on the
+    # test split. No option restores that (it would tune on the test set).
     hist = fit(model, objective, batches, steps_per_epoch(train, batch_size, per_caption),
                lambda m: evaluate_split(m, val, uni=False), train_cfg, out_dir, model_config, progress, resume=resume)
     load_best(out_dir, dict(model=model, loss=objective), model_config)

@@ -283,6 +283,8 @@ def fit(model:nn.Module, loss_fn:nn.Module, batches, steps_per_epoch:int, valida
     model.to(dev); loss_fn.to(dev)
     rank, world = rank_world()
     if world > 1:   # torchrun: `batches` yields this rank's shares; rank 0 validates and writes, the others follow its history
+        # Departure (stated, issue 17): CUSA's official code does not gather across GPUs; itr_nb always does under torchrun,
+        # so that the summed gradients are one process's on the global batch (one process restores the official run).
         gather_negatives_(loss_fn); main_process = main_process and rank == 0
         wrap = wrap or wrap_ddp
         shared = _broadcast(str(Path(out_dir).resolve()) if out_dir else None)   # rank 0's folder: resume from its state
