@@ -18,11 +18,11 @@ COMMANDS = {  # name: (module, one-line help)
     'synth': ('itr_nb.synth',   'generate the embedded benchmark (images, captions, masks, exact relevance)'),
     'images': ('itr_nb.splits', 'decode a split once into the image cache (data/cache/images) ahead of a sweep, with images/s'),
     'eval':  ('itr_nb.metrics', 'evaluate a similarity matrix (images x captions) against a ground truth'),
-    'run':   ('itr_nb.experiment', 'run a papermill template notebook with parameters into runs/'),
+    'run':   ('itr_nb.experiment', 'run a papermill template notebook (or a recipe, experiments/official/) with parameters into runs/'),
     'sweep': ('itr_nb.experiment', 'run a grid of parameters and seeds and summarise it'),
     'cusa':  ('itr_nb.cusa', "cache CUSA's teacher features for a split; print teacher AUCs and soft-label peakedness"),
     'ttd':   ('itr_nb.ttd', 'evaluate tag selection and caption/tag masks of a checkpoint (TTD)'),
-    'ddp':   ('itr_nb.distributed', 'train InfoNCE or CUSA over processes started by torchrun (negatives gathered across them)'),
+    'ddp':   ('itr_nb.distributed', 'run a training template or recipe in every process torchrun started (its own parameters; batches shared out, negatives gathered)'),
 }
 
 def _module(cmd):

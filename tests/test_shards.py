@@ -33,6 +33,17 @@ def test_shards_train_through_the_template(shards, tiny_benchmark, tmp_path):
     m = json.loads((tmp_path/'run'/'metrics.json').read_text())
     assert m['chance_R1_t2i'] == pytest.approx(100 / 30) and 0 <= m['rsum'] <= 600   # evaluated on the benchmark's test split
 
+def test_ttd_trains_on_shards(shards, tiny_benchmark, tmp_path):
+    "The TTD template on a caption corpus of shards: baseline and self-distillation stream them, eval_dataset evaluates."
+    from itr_nb.experiment import run_template
+    pattern, _, _ = shards
+    p = dict(dataset=pattern, eval_dataset=str(tiny_benchmark), epochs=1, ttd_epochs=1, batch_size=20, dim=16, image_size=32,
+             workers=0, limit_eval=10, n_examples=0)
+    st = run_template('ttd', p, tmp_path/'run', progress=False)
+    assert st['status'] == 'ok', st.get('error')
+    m = json.loads((tmp_path/'run'/'metrics.json').read_text())
+    assert m['ttd_epochs_run'] == 1 and 0 <= m['after_t2i_R@1'] <= 100
+
 def test_ranks_and_workers_split_the_shards(shards, monkeypatch):
     "Two ranks x two workers: every sample once per epoch, each rank from its own shards only (as wds.split_by_node deals them)."
     import webdataset as wds
