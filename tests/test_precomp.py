@@ -68,3 +68,13 @@ def test_bad_folders_name_the_file(precomp, tmp_path):
     with pytest.raises(ItrError, match=r"no val_ims.npy or dev_ims.npy for split 'val'"): load_split(tmp_path/'c', 'val')
     from itr_nb.cusa import teacher_features
     with pytest.raises(ItrError, match='precomputed region features only'): teacher_features(load_split(precomp, 'test'), precomp/'test_ims.npy')
+
+def test_train_eval_template_on_a_precomp_folder(precomp, tmp_path):
+    "image_encoder='precomp' in a template: the dual encoder on the regions, evaluated on the precomp test split."
+    import json
+    from itr_nb.experiment import run_template
+    st = run_template('train_eval', dict(dataset=f'precomp:{precomp}', image_encoder='precomp', epochs=1, batch_size=20, dim=16,
+                                         workers=0, limit_eval=10), tmp_path/'run', progress=False)
+    assert st['status'] == 'ok', st.get('error')
+    m = json.loads((tmp_path/'run'/'metrics.json').read_text())
+    assert 0 <= m['rsum'] <= 600 and m['chance_R1_t2i'] == 10.0
