@@ -12,6 +12,7 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from .core import ItrError, load_json, save_json, seed_everything
 from .data import preprocess_caption
 from .encoders import CLIPImage, DualEncoder, image_encoder, text_encoder
@@ -326,9 +327,9 @@ class TTDObjective(nn.Module):
 
     def forward(self, model, batch) -> dict:
         vocab, idx, valid = pad_tags([caption_tags(c, self.stop_words) for c in batch['captions']])
-        def run(m):   # dense image features, captions and tags (e_t with gradient), through the model's forward (DDP)
+        def run(m):   # dense image features, captions and tags (e_t with gradient)
             return encode_dense(m, batch['images']), m.encode_text(batch['captions']), m.encode_text(vocab)['y']
-        r, t, E = model(run=run)
+        r, t, E = model(run=run) if isinstance(model, DistributedDataParallel) else run(model)   # DDP: through its forward
         dev = r['dense'].device; idx, valid = idx.to(dev), valid.to(dev)
         A_cap, A_tag = similarity_maps(r['dense'], t['y']), similarity_maps(r['dense'], E[idx])
         sel, tgt, union = ttd_targets(A_tag, valid, self.theta, self.argmax_only)
