@@ -19,6 +19,7 @@ COMMANDS = {  # name: (module, one-line help)
     'images': ('itr_nb.splits', 'decode a split once into the image cache (data/cache/images) ahead of a sweep, with images/s'),
     'eval':  ('itr_nb.metrics', 'evaluate a similarity matrix (images x captions) against a ground truth'),
     'run':   ('itr_nb.experiment', 'run a papermill template notebook (or a recipe, experiments/official/) with parameters into runs/'),
+    'pretrain': ('itr_nb.retrieval', 'pretrain the embedded benchmark\'s student once on its pretraining split (cached under data/students)'),
     'sweep': ('itr_nb.experiment', 'run a grid of parameters and seeds and summarise it'),
     'cusa':  ('itr_nb.cusa', "cache CUSA's teacher features for a split; print teacher AUCs and soft-label peakedness"),
     'ttd':   ('itr_nb.ttd', 'evaluate tag selection and caption/tag masks of a checkpoint (TTD)'),

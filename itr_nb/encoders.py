@@ -14,10 +14,11 @@ from torch import Tensor
 from .core import ItrError, atomic_write, load_json
 
 # %% auto #0
-__all__ = ['local_path', 'hf_quiet', 'make_preprocess_cfg', 'SmallCNN', 'TimmImage', 'EfficientNetLite0', 'CLIPImage',
-           'clip_tower_config', 'tiny_clip', 'OpenCLIPImage', 'tiny_open_clip', 'PrecompImage', 'HFText', 'masked_mean',
-           'minilm_path', 'SmallTextTransformer', 'CLIPText', 'OpenCLIPText', 'image_encoder', 'text_encoder',
-           'FrozenBackbones', 'head', 'DualEncoder', 'file_identity', 'cached_features']
+__all__ = ['local_path', 'hf_quiet', 'make_preprocess_cfg', 'SmallCNN', 'TimmImage', 'EfficientNetLite0', 'AttentionPool',
+           'EfficientNetGrid', 'CLIPImage', 'clip_tower_config', 'tiny_clip', 'OpenCLIPImage', 'tiny_open_clip',
+           'PrecompImage', 'HFText', 'masked_mean', 'minilm_path', 'SmallTextTransformer', 'CLIPText', 'OpenCLIPText',
+           'image_encoder', 'text_encoder', 'FrozenBackbones', 'head', 'DualEncoder', 'file_identity',
+           'cached_features', 'FeatureTable', 'eval_mode', 'cache_text_features']
 
 # %% ../nbs/04_encoders.ipynb #101f2f49
 from .data import EncoderOutput   # defined in the data layer: precomputed region features are one too
@@ -146,6 +147,66 @@ class EfficientNetLite0(nn.Module):
     def forward(self, x:Tensor) -> EncoderOutput:
         f = self.model.extract_features(x * 2 - 1).flatten(2).transpose(1, 2)
         return EncoderOutput(f.mean(1), f)
+
+# %% ../nbs/04_encoders.ipynb #st18a001
+class AttentionPool(nn.Module):
+    "A CLS token and learned positions through `layers` pre-LN transformer layers over grid tokens: (global, tokens)."
+    def __init__(self, d:int, # token width
+                 n_tokens:int, # grid cells
+                 layers:int=1, heads:int=4):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(n_tokens, d) * 0.02); self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.enc = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
+
+    def forward(self, t:Tensor) -> tuple:
+        h = self.enc(torch.cat([self.cls.expand(len(t), -1, -1), t + self.pos], 1))
+        return h[:, 0], h[:, 1:]
+
+# %% ../nbs/04_encoders.ipynb #st18a003
+class EfficientNetGrid(nn.Module):
+    "ImageNet EfficientNet-Lite0 at `size` px cut after `blocks` blocks, stem and first `frozen` blocks frozen, attention-pooled."
+    takes_features = True   # also fed the cached output of its frozen prefix (an EncoderOutput whose tokens are the prefix grid)
+    def __init__(self, size:int=64, # input side the tower sees (images are resized to it)
+                 blocks:int=11, # MBConv blocks kept (of 16): 11 ends at 112 channels, 1/16 of the input side
+                 frozen:int=5, # blocks frozen after the stem (0: only the stem; their output is what gets cached)
+                 pool_layers:int=1, # transformer layers of the attention pooling
+                 pretrained:bool=True): # False: random init (tests)
+        super().__init__()
+        m = EfficientNetLite0(pretrained).model
+        self.size, self.n_frozen = size, frozen
+        self.stem = nn.Sequential(m._conv_stem, m._bn0, m._swish, *m._blocks[:frozen])
+        self.blocks = m._blocks[frozen:blocks]
+        self.stem.requires_grad_(False)
+        with torch.no_grad(): p = self.stem.eval()(torch.zeros(1, 3, size, size)); q = self._rest(p)
+        self.prefix_shape = tuple(p.shape[1:])
+        self.pool = AttentionPool(q.shape[1], q.shape[2] * q.shape[3], pool_layers)
+        self.dim = self.token_dim = q.shape[1]
+
+    def preprocess_cfg(self) -> dict:
+        "Any input side (resized to `size` inside), mean and std 0.5 as EfficientNet-Lite."
+        return make_preprocess_cfg(None, 'squash', 'bilinear', 1.0, (0.5,) * 3, (0.5,) * 3)
+
+    def _rest(self, h):
+        for b in self.blocks: h = b(h)
+        return h
+
+    def prefix(self, x:Tensor) -> EncoderOutput:
+        "The frozen part on images in [0,1]: global = grid mean, tokens = the grid [B, h*w, C] (what the cache holds)."
+        if x.shape[-1] != self.size or x.shape[-2] != self.size: x = F.interpolate(x, size=(self.size, self.size), mode='bilinear', align_corners=False)
+        with torch.no_grad(): h = self.stem(x * 2 - 1).flatten(2).transpose(1, 2)
+        return EncoderOutput(h.mean(1), h)
+
+    def forward(self, x) -> EncoderOutput:
+        t = (x if isinstance(x, EncoderOutput) else self.prefix(x)).tokens
+        c, hh, ww = self.prefix_shape
+        f = self._rest(t.transpose(1, 2).reshape(len(t), c, hh, ww).to(next(self.pool.parameters()).dtype))
+        g, tok = self.pool(f.flatten(2).transpose(1, 2))
+        return EncoderOutput(g, tok)
+
+    def train(self, mode:bool=True):
+        super().train(mode); self.stem.eval()   # frozen BatchNorm statistics stay as ImageNet left them
+        return self
 
 # %% ../nbs/04_encoders.ipynb #b2277389
 class CLIPImage(nn.Module):
@@ -461,10 +522,11 @@ class OpenCLIPText(nn.Module):
 def _spec_string(spec, kw): return spec + (json.dumps(kw, sort_keys=True, default=str) if kw else '')
 
 def image_encoder(spec:str, **kw) -> nn.Module:
-    "Image encoder from a spec: 'small-cnn', 'timm:<name>', 'efficientnet-lite0', 'clip:<path>', 'open_clip:<folder>', 'open_clip:<arch>:<checkpoint>', 'precomp' or 'precomp:<layers>'."
+    "Image encoder from a spec: 'small-cnn', 'timm:<name>', 'efficientnet-lite0', 'efficientnet-lite0-grid', 'clip:<path>', 'open_clip:<folder>', 'open_clip:<arch>:<checkpoint>', 'precomp' or 'precomp:<layers>'."
     kind, _, arg = spec.partition(':')
     if spec == 'small-cnn': enc = SmallCNN(**kw)
     elif spec == 'efficientnet-lite0': enc = EfficientNetLite0(**kw)
+    elif spec == 'efficientnet-lite0-grid': enc = EfficientNetGrid(**kw)
     elif kind == 'timm' and arg: enc = TimmImage(arg, **kw)
     elif kind == 'clip' and arg: enc = CLIPImage(arg, **kw)
     elif kind == 'open_clip' and arg: enc = OpenCLIPImage(arg, **kw)
@@ -472,7 +534,7 @@ def image_encoder(spec:str, **kw) -> nn.Module:
         if 'dim' not in kw: raise ItrError(f"{spec}: the precomp encoder's width comes from the data: build it with itr_nb.retrieval.image_encoder_for(spec, split)")
         if arg and not arg.isdigit(): raise ItrError(f"{spec}: expected precomp or precomp:<layers>")
         enc = PrecompImage(**({'layers': int(arg)} if arg else {}) | kw)
-    else: raise ItrError(f"unknown image encoder {spec!r} (small-cnn, timm:<name>, efficientnet-lite0, clip:<path>, open_clip:<folder>, open_clip:<arch>:<checkpoint>, precomp, precomp:<layers>)")
+    else: raise ItrError(f"unknown image encoder {spec!r} (small-cnn, timm:<name>, efficientnet-lite0, efficientnet-lite0-grid, clip:<path>, open_clip:<folder>, open_clip:<arch>:<checkpoint>, precomp, precomp:<layers>)")
     enc.spec = _spec_string(spec, kw)
     return enc
 
@@ -503,6 +565,8 @@ class FrozenBackbones(nn.Module):
         enc = getattr(self, name)
         if isinstance(inp, EncoderOutput) and not getattr(enc, 'takes_features', False): return inp
         if self.frozen[name]:
+            table = self.__dict__.get('feature_tables', {}).get(name)   # a frozen text tower's cached outputs (`cache_text_features`)
+            if table is not None and isinstance(inp, (list, tuple)): return table(inp, enc)
             with torch.no_grad(): return enc(inp)
         return enc(inp)
 
@@ -611,3 +675,43 @@ def cached_features(encoder, # callable batch -> EncoderOutput (e.g. an encoder)
         if ms: d['mask'] = torch.cat([F.pad(m, (0, L - m.shape[1])) for m in ms]).to(torch.uint8)
     with atomic_write(path, 'wb') as f: f.write(save(d, metadata={'itr_nb_key': json.dumps(full, sort_keys=True)}))
     return EncoderOutput(d['global'], d.get('tokens'), d['mask'].bool() if 'mask' in d else None)
+
+# %% ../nbs/04_encoders.ipynb #st18b001
+class FeatureTable:
+    "Cached global embeddings of captions: called with (captions, encoder) -> EncoderOutput; unseen captions are encoded once and kept."
+    def __init__(self, captions:list, feats:Tensor):
+        self.index = {c: k for k, c in enumerate(captions)}; self.rows = [feats]; self.n = len(captions)
+        if len(self.index) != self.n: raise ItrError("FeatureTable: captions must be unique")
+
+    def __call__(self, texts, encoder) -> EncoderOutput:
+        new = list(dict.fromkeys(t for t in texts if t not in self.index))
+        if new:
+            with torch.no_grad(), eval_mode(encoder): g = encoder(new).global_.float().cpu()
+            self.index |= {c: self.n + k for k, c in enumerate(new)}; self.n += len(new); self.rows.append(g)
+        if len(self.rows) > 1: self.rows = [torch.cat(self.rows)]
+        dev = next(encoder.parameters()).device
+        return EncoderOutput(self.rows[0][torch.as_tensor([self.index[t] for t in texts])].to(dev))
+
+@contextlib.contextmanager
+def eval_mode(module:nn.Module):
+    "Run the block with `module` in eval mode, restoring its previous mode afterwards, also on error."
+    was = module.training; module.eval()
+    try: yield module
+    finally: module.train(was)
+
+def cache_text_features(model:nn.Module, # a model with a frozen `text_enc`
+                        captions:list, # every caption it will see (duplicates are fine)
+                        cache_dir, batch_size:int=256, device='cpu'):
+    "Attach a `FeatureTable` of the frozen text tower's embeddings of `captions` to `model`, computed once and cached under `cache_dir`."
+    import hashlib
+    if not model.frozen.get('text_enc'): raise ItrError("cache_text_features: the text tower is trained (freeze_text=False), so its outputs change every step")
+    enc = model.text_enc
+    caps = sorted(set(captions), key=lambda c: (len(c), c))   # similar lengths pad less
+    h = hashlib.sha1('\n'.join(caps).encode()).hexdigest()
+    w = hashlib.sha1(b''.join(q.detach().cpu().numpy().tobytes() for q in enc.state_dict().values())).hexdigest()   # the weights themselves
+    path = Path(cache_dir)/f"text-{w[:8]}-{h[:12]}.safetensors"
+    was = next(enc.parameters()).device
+    try: o = cached_features(enc, dict(captions=h, weights=w), caps, path, batch_size=batch_size, tokens=False, device=device, desc='caching text features')
+    finally: enc.to(was).eval()
+    model.feature_tables = getattr(model, 'feature_tables', {}) | {'text_enc': FeatureTable(caps, o.global_)}
+    return model

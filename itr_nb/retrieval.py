@@ -8,23 +8,25 @@ Docs: https://itr-nb.github.io/itr_nb/retrieval.html.md"""
 
 # %% ../nbs/08_retrieval.ipynb #7470ceef
 from __future__ import annotations
-import hashlib, math
+import hashlib, json, math
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np, torch
 from torch import nn
-from .core import ItrError, load_json, seed_everything, get_device
+from .core import ItrError, load_json, seed_everything, get_device, data_root
 from .data import Preprocess
 from .shards import ShardData
 from .precomp import RegionFeatures
 from .splits import SplitData, load_split, load_splits, pair_batches, steps_per_epoch, epoch_captions   # re-exported: they lived here
-from .encoders import image_encoder, text_encoder, DualEncoder, EncoderOutput, local_path, clip_tower_config
+from .encoders import image_encoder, text_encoder, DualEncoder, EncoderOutput, local_path, clip_tower_config, cache_text_features
 from .losses import ContrastiveLoss
 from .metrics import evaluate
 
 # %% auto #0
-__all__ = ['tower_preprocess', 'image_preprocess', 'ModelConfig', 'image_encoder_for', 'build_model', 'ContrastiveObjective',
-           'embed_split', 'evaluate_split', 'cache_image_features', 'train_retrieval']
+__all__ = ['STUDENT', 'tower_preprocess', 'image_preprocess', 'ModelConfig', 'image_encoder_for', 'build_model',
+           'ContrastiveObjective', 'embed_split', 'evaluate_split', 'caches_prefix', 'cache_image_features',
+           'train_retrieval', 'PretrainConfig', 'load_model', 'pretrain_student', 'init_model', 'query_split',
+           'pretrain_arguments', 'pretrain_command']
 
 # %% ../nbs/08_retrieval.ipynb #ba662733
 _DEFAULT_TOWER = dict(size=64, short_side=0, crop_offset='round', interpolation='bicubic', pretrained=False)
@@ -34,6 +36,7 @@ def tower_preprocess(spec:str) -> dict:
     kind, _, arg = spec.partition(':')
     t = dict(_DEFAULT_TOWER)
     if spec == 'small-cnn' or kind == 'precomp': return t   # precomp: features, no images to prepare
+    if spec == 'efficientnet-lite0-grid': return t | dict(pretrained=True)   # the student: 64 px, as the benchmark's images
     if kind == 'timm' and arg:
         import timm
         c = timm.models.get_pretrained_cfg(arg)
@@ -84,7 +87,7 @@ def image_preprocess(image_encoder:str='small-cnn', # the template's image tower
 @dataclass
 class ModelConfig:
     "What the dual encoder is made of."
-    image_encoder: str = 'small-cnn'       # small-cnn | efficientnet-lite0 | timm:<name> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint> | precomp | precomp:<layers>
+    image_encoder: str = 'small-cnn'       # small-cnn | efficientnet-lite0 | efficientnet-lite0-grid | timm:<name> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint> | precomp | precomp:<layers>
     text_encoder: str = 'small-transformer'  # small-transformer | minilm | hf:<path> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint>
     dim: int = 128                          # joint embedding size
     freeze_image: bool = False
@@ -154,14 +157,26 @@ class _FromUint8(nn.Module):
     def __init__(self, enc:nn.Module): super().__init__(); self.enc, self.spec = enc, getattr(enc, 'spec', None)
     def forward(self, x): return self.enc(x.float().div_(255) if x.dtype == torch.uint8 else x)
 
+class _Prefix(nn.Module):
+    "The frozen prefix of a partly frozen image tower (one with `prefix`, e.g. `efficientnet-lite0-grid`), keyed by its weights."
+    def __init__(self, enc:nn.Module):
+        super().__init__(); self.enc = enc
+        w = hashlib.sha1(b''.join(q.detach().float().cpu().numpy().tobytes() for q in enc.stem.state_dict().values())).hexdigest()[:12]
+        self.spec = f"{getattr(enc, 'spec', type(enc).__name__)}/prefix-{w}"
+    def forward(self, x): return self.enc.prefix(x)
+
+def caches_prefix(model) -> bool:
+    "Whether `model`'s image tower is trained on top of a frozen, cacheable prefix."
+    return not model.frozen.get('image_enc') and hasattr(model.image_enc, 'prefix')
+
 def cache_image_features(model:DualEncoder, data:SplitData, cache_dir=None, batch_size:int=128,
                          device=None) -> SplitData: # where the backbone runs (default: CUDA when there is one)
-    "Attach the frozen image backbone's cached outputs to `data` (computed once, then read from `cache_dir`)."
+    "Attach the frozen image backbone's (or frozen prefix's) cached outputs to `data` (computed once, then read from `cache_dir`)."
     from itr_nb.core import data_root
     from itr_nb.encoders import cached_features, file_identity
     if isinstance(data.feats if isinstance(data, SplitData) else None, RegionFeatures): return data   # precomp: the features are the data
     if isinstance(data, ShardData): raise ItrError("a frozen image backbone caches features per image of a split; streamed shards have none (train the tower, or use a Karpathy file)")
-    enc = model.image_enc
+    enc = _Prefix(model.image_enc) if caches_prefix(model) else model.image_enc   # a partly frozen tower: its frozen prefix's outputs
     src = Path(data.source) if data.source else None
     key = dict(dataset=file_identity(src) if src and src.is_file() else data.source or None, split=data.split.name,
                image_size=data.images.shape[-1], preprocess=data.preprocess.key() if data.preprocess else None)
@@ -169,7 +184,7 @@ def cache_image_features(model:DualEncoder, data:SplitData, cache_dir=None, batc
     was = next(enc.parameters()).device
     try: data.feats = cached_features(_FromUint8(enc), key, data.images, Path(cache_dir or data_root()/'cache')/name, batch_size=batch_size,
                                       device=get_device(device or 'auto'), desc=f'caching {data.split.name} image features')
-    finally: enc.to(was)
+    finally: enc.to(was); model.image_enc.train(model.training)
     return data
 
 # %% ../nbs/08_retrieval.ipynb #fd891d1d
@@ -186,8 +201,10 @@ def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train
     model = model or build_model(model_cfg, train_cfg.seed, train)
     model_config = model_config or asdict(model_cfg)
     dev = get_device(train_cfg.device)
-    if model_cfg.freeze_image:
+    if model.frozen.get('image_enc') or caches_prefix(model):
         for d in (train, val): cache_image_features(model, d, cache_dir, device=dev)
+    if model.frozen.get('text_enc') and isinstance(model, DualEncoder):   # global text embeddings suffice (TGDT needs the tokens)
+        cache_text_features(model, train.split.captions + val.split.captions, cache_dir or data_root()/'cache', device=dev)
     objective = objective or ContrastiveObjective()
     def batches(ep):
         it = pair_batches(train, batch_size, ep, train_cfg.seed, per_caption, workers=workers, augment=augment, device=dev, rank=rank, world=world)
@@ -198,3 +215,85 @@ def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train
                lambda m: evaluate_split(m, val, uni=False), train_cfg, out_dir, model_config, progress, resume=resume)
     load_best(out_dir, dict(model=model, loss=objective), model_config)
     return model, objective, hist
+
+# %% ../nbs/08_retrieval.ipynb #st18d001
+STUDENT = ModelConfig('efficientnet-lite0-grid', 'minilm', 256, freeze_text=True)   # the embedded benchmark's student
+
+@dataclass
+class PretrainConfig:
+    "How the student is pretrained (the key of its cache folder)."
+    model: ModelConfig = field(default_factory=lambda: STUDENT)
+    n_images: int = 40000           # images of the pretraining split
+    captions_per_image: int = 2     # captions per pretraining image (MiniLM encodes each once: ~300 captions/s on 2 cores)
+    epochs: int = 2                 # passes over every pretraining caption
+    batch_size: int = 128
+    lr: float = 1e-3                # peak, after a linear warm-up (AdamW, cosine to 1e-6)
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+    seed: int = 0
+
+    def key(self) -> str:
+        "A short hash of every field: the folder name under data/students."
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+# %% ../nbs/08_retrieval.ipynb #st18d003
+def load_model(path, device='cpu') -> tuple:
+    "(dual encoder, its ModelConfig) rebuilt from a checkpoint folder (or its `best.safetensors`) and loaded with its weights."
+    from itr_nb.train import load_checkpoint
+    p = Path(path); p = p/'best.safetensors' if p.is_dir() else p
+    if not p.exists(): raise ItrError(f"{p}: no checkpoint (a folder written by a training template or `itr-nb pretrain` holds best.safetensors)")
+    cfg = load_json(p.with_suffix('.json'), 'checkpoint configuration').get('config') or {}
+    known = set(ModelConfig.__dataclass_fields__)
+    if 'image_encoder' not in cfg: raise ItrError(f"{p.with_suffix('.json')}: field config.image_encoder missing (not a dual-encoder checkpoint)")
+    mcfg = ModelConfig(**{k: v for k, v in cfg.items() if k in known})
+    model = build_model(mcfg)
+    load_checkpoint(p, dict(model=model), asdict(mcfg), keys=sorted(known))
+    return model.to(device), mcfg
+
+def pretrain_student(cfg:PretrainConfig|None=None, out_dir=None, # default data/students/student-<key>
+                     progress:bool=True, device='auto') -> Path:
+    "The pretrained student's folder: trained on the pretraining split when missing (InfoNCE, per caption), else as cached."
+    from itr_nb.synth import ensure_pretrain, ensure_benchmark
+    from itr_nb.train import TrainConfig
+    cfg = cfg or PretrainConfig()
+    out = Path(out_dir) if out_dir else data_root()/'students'/f'student-{cfg.key()}'
+    if (out/'best.safetensors').exists() and (out/'pretrain.json').exists() and load_json(out/'pretrain.json') == asdict(cfg): return out
+    pre = ensure_pretrain(n_images=cfg.n_images, captions_per_image=cfg.captions_per_image)
+    size = 64
+    train = load_split(pre/'dataset.json', 'train', size, progress=progress)
+    val = load_split(ensure_benchmark()/'dataset.json', 'val', size, limit=500, progress=progress)
+    tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, grad_clip=0.0,
+                       precision='bf16', seed=cfg.seed, device=device)
+    train_retrieval(train, val, cfg.model, tcfg, batch_size=cfg.batch_size, per_caption=True, out_dir=out, progress=progress)
+    from itr_nb.core import save_json
+    save_json(asdict(cfg), out/'pretrain.json')   # written last: a folder without it is an unfinished build
+    return out
+
+def init_model(init:str, cfg:ModelConfig, device='cpu') -> tuple:
+    "A template's `init`: '' -> (None, cfg); 'student' -> the pretrained student (built if missing); a folder -> its model. Returns (model, config)."
+    if not init: return None, cfg
+    model, mcfg = load_model(pretrain_student() if init == 'student' else init, device)
+    if mcfg != cfg: print(f"init {init}: the model is {mcfg} (the template's towers are not used)")
+    return model, mcfg
+
+# %% ../nbs/08_retrieval.ipynb #st18e000
+def query_split(model:DualEncoder, data:SplitData, **kw) -> dict:
+    "Per-query arrays of `model` on `data` (R@K hits, AP@R, R-P, uni-modal), for paired comparisons (`itr_nb.claims`)."
+    from itr_nb.metrics import query_metrics
+    e = embed_split(model, data, **kw); rel = data.rel or {}
+    return query_metrics(e['x'] @ e['y'].T, data.split.txt2img, rel or None,
+                         img_sim=e['x_uni'] @ e['x_uni'].T if 'i2i' in rel else None,
+                         txt_sim=e['y_uni'] @ e['y_uni'].T if 't2t' in rel else None)
+
+def pretrain_arguments(parser):
+    "Arguments of `itr-nb pretrain`."
+    d = PretrainConfig()
+    for f in ('n_images', 'captions_per_image', 'epochs', 'batch_size', 'warmup_steps', 'seed'):
+        parser.add_argument('--' + f.replace('_', '-'), type=int, default=getattr(d, f), help=f'(default {getattr(d, f)})')
+    parser.add_argument('--lr', type=float, default=d.lr, help=f'peak learning rate (default {d.lr})')
+    parser.add_argument('--device', default='auto', help='auto | cpu | cuda')
+
+def pretrain_command(args) -> int:
+    "Build (or find) the pretrained student and print its folder."
+    cfg = PretrainConfig(**{k: getattr(args, k) for k in ('n_images', 'captions_per_image', 'epochs', 'batch_size', 'warmup_steps', 'seed', 'lr')})
+    print(pretrain_student(cfg, device=args.device)); return 0

@@ -23,6 +23,20 @@ def test_train_eval_template_with_overrides(tiny_benchmark, tmp_path):
     assert json.loads((tmp_path/'run'/'params.json').read_text())['seed'] == 3
     for f in ('executed.ipynb', 'best.safetensors', 'best.json', 'curves.png'): assert (tmp_path/'run'/f).exists()
 
+def test_train_eval_from_init_writes_queries(tiny_benchmark, tmp_path):
+    "init= starts from another run's checkpoint (its towers and dim, not the template's); queries.npz agrees with metrics.json."
+    import numpy as np
+    from itr_nb.claims import load_queries
+    st = run_template('train_eval', dict(SMALL, dataset=str(tiny_benchmark), epochs=1), tmp_path/'a', progress=False)
+    assert st['status'] == 'ok', st.get('error')
+    st = run_template('train_eval', dict(SMALL, dataset=str(tiny_benchmark), epochs=1, dim=64, init=str(tmp_path/'a')), tmp_path/'b', progress=False)
+    assert st['status'] == 'ok', st.get('error')
+    assert json.loads((tmp_path/'b'/'best.json').read_text())['config']['dim'] == 32   # the init's, not the template's 64
+    m, q = json.loads((tmp_path/'b'/'metrics.json').read_text()), load_queries(tmp_path/'b')
+    for k in ('t2i_R@1', 'i2t_R@5', 'ext_t2i_mAP@R', 'i2i_mAP@R'):
+        assert 100 * np.mean(q[k]) == pytest.approx(m[k], abs=1e-9), k
+    assert len(q['t2i_R@1']) == 150 and len(q['i2t_R@1']) == 30
+
 def test_bad_parameters_are_refused():
     with pytest.raises(ItrError, match="unknown parameter 'epoch'"): check_params(ROOT/'experiments'/'train_eval.ipynb', dict(epoch=1))
     with pytest.raises(ItrError, match="'epochs' must be int"): check_params(ROOT/'experiments'/'train_eval.ipynb', dict(epochs='ten'))
