@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
-from .core import ItrError, atomic_write, load_json
+from .core import ItrError, atomic_write, load_json, save_json
 
 # %% auto #0
-__all__ = ['RSUM_KEYS', 'save_queries', 'load_queries', 'metric_value', 'Comparison', 'paired_bootstrap', 'verdict']
+__all__ = ['RSUM_KEYS', 'save_queries', 'load_queries', 'metric_value', 'Comparison', 'paired_bootstrap', 'verdict',
+           'load_claims', 'claim_runs', 'run_claims', 'compare_claim', 'plot_claims', 'claims_report',
+           'claims_arguments', 'claims_command']
 
 # %% ../nbs/07a_claims.ipynb #7fca8ec5
 def save_queries(path, arrays:dict, prefix:str=''):
@@ -102,3 +104,136 @@ def verdict(c:Comparison, direction:str='higher', margin:float=0.0) -> str:
     if direction == 'lower': return 'shown' if c.hi < 0 else 'contradicted' if c.lo > 0 else 'not shown'
     if direction == 'at least': return 'shown' if c.lo > -margin else 'contradicted' if c.hi < -margin else 'not shown'
     raise ItrError(f"direction must be 'higher', 'lower' or 'at least', got {direction!r}")
+
+# %% ../nbs/07a_claims.ipynb #cl18a001
+_FIELDS = ('template', 'params', 'arms', 'seeds', 'claims', 'select', 'out', 'seeds_needed')
+
+def load_claims(path) -> dict:
+    "Read and check a claim file: template, params, arms, seeds, claims (or select), out."
+    import yaml
+    p = Path(path)
+    try: spec = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e: raise ItrError(f"{p}: unreadable claim file ({e})") from None
+    if not isinstance(spec, dict): raise ItrError(f"{p}: a claim file is a mapping (template, params, arms, seeds, claims)")
+    for k in spec:
+        if k not in _FIELDS: raise ItrError(f"{p}: unknown field '{k}' (known: {', '.join(_FIELDS)})")
+    for k in ('template', 'arms', 'seeds'):
+        if k not in spec: raise ItrError(f"{p}: field '{k}' missing")
+    if not isinstance(spec['arms'], dict) or not spec['arms']: raise ItrError(f"{p}: field 'arms' must map arm names to their parameters")
+    for name, c in (spec.get('claims') or {}).items():
+        for k in ('a', 'b', 'metric', 'direction'):
+            if k not in c: raise ItrError(f"{p}: claims.{name}.{k} missing")
+        for k in ('a', 'b'):
+            if c[k] not in spec['arms']: raise ItrError(f"{p}: claims.{name}.{k} = {c[k]!r} is not an arm ({', '.join(spec['arms'])})")
+    from itr_nb.experiment import runs_root
+    spec = dict(params={}, claims={}, seeds_needed=len(spec['seeds'])) | spec
+    spec['out'], spec['name'], spec['path'] = Path(spec.get('out') or runs_root()/p.stem), p.stem, p
+    return spec
+
+def _resolve(v, folder:Path):
+    "A parameter value, with `from:<stem>` read from that selection's chosen.json beside this file's runs."
+    if not (isinstance(v, str) and v.startswith('from:')): return v
+    f = folder.parent/v[5:]/'chosen.json'
+    if not f.exists(): raise ItrError(f"{f}: missing: run the selection {v[5:]!r} first (itr-nb claims run experiments/{v[5:]}.yaml)")
+    return load_json(f)['value']
+
+def claim_runs(spec:dict) -> list:
+    "(arm, seed, parameters, run folder) of every run of a claim file."
+    out = Path(spec['out'])
+    return [(arm, s, {k: _resolve(v, out) for k, v in (spec['params'] | (extra or {})).items()} | dict(seed=s), out/arm/f'seed={s}')
+            for arm, extra in spec['arms'].items() for s in spec['seeds']]
+
+# %% ../nbs/07a_claims.ipynb #cl18b001
+def run_claims(path, progress:bool=True, only_report:bool=False) -> dict:
+    "Run every missing run of the claim file `path` (in order, skipping finished ones), then write its report."
+    from itr_nb.experiment import run_template, find_template
+    spec = load_claims(path)
+    runs = claim_runs(spec)
+    if not only_report:
+        tpl = find_template(spec['template'])
+        for k, (arm, s, params, d) in enumerate(runs):
+            st = load_json(d/'status.json') if (d/'status.json').exists() else {}
+            if st.get('status') == 'ok' and (d/'queries.npz').exists():
+                if progress: print(f"[{k+1}/{len(runs)}] {spec['name']} {arm} seed {s}: done")
+                continue
+            if progress: print(f"[{k+1}/{len(runs)}] {spec['name']} {arm} seed {s}: running")
+            st = run_template(tpl, params, d, progress=progress)
+            if st['status'] != 'ok': print(f"  failed: {st.get('error')} (see {d/'executed.ipynb'})")
+    return claims_report(spec)
+
+def _finished(d:Path) -> bool: return (d/'status.json').exists() and load_json(d/'status.json').get('status') == 'ok' and (d/'metrics.json').exists()
+
+def _select(spec:dict) -> dict:
+    "A selection file's choice: the arm whose mean of `select.metric` over its finished seeds is highest."
+    sel, rows = spec['select'], []
+    for arm, extra in spec['arms'].items():
+        vals = [load_json(d/'metrics.json')[sel['metric']] for a, _, _, d in claim_runs(spec) if a == arm and _finished(d)]
+        rows.append(dict(arm=arm, value=(extra or {}).get(sel['param']), n=len(vals), mean=float(np.mean(vals)) if vals else float('nan')))
+    done = [r for r in rows if r['n'] == len(spec['seeds'])]
+    best = max(done, key=lambda r: r['mean']) if len(done) == len(rows) else None
+    out = dict(param=sel['param'], metric=sel['metric'], value=best['value'] if best else None, arms=rows)
+    if best: save_json(out, Path(spec['out'])/'chosen.json')
+    return out
+
+# %% ../nbs/07a_claims.ipynb #cl18c000
+def _arm_queries(spec:dict, arm:str) -> dict:
+    "{seed: per-query arrays} of an arm's finished runs."
+    return {s: load_queries(d) for a, s, _, d in claim_runs(spec) if a == arm and _finished(d) and (d/'queries.npz').exists()}
+
+def _renamed(q:dict, metric:str, other:str) -> dict:
+    "`q` with the arrays of metric `other` under the names of `metric` (a claim comparing two heads: i2i vs cross_i2i)."
+    a, b = metric.partition(':')[2], other.partition(':')[2]
+    return q | {k.replace(b, a, 1): v for k, v in q.items() if k.startswith(b)}
+
+def compare_claim(spec:dict, c:dict, n_boot:int=2000) -> dict:
+    "One claim's row: arms, metric, the seeds both arms finished, the paired difference with its 95% interval, the verdict."
+    qa, qb = _arm_queries(spec, c['a']), _arm_queries(spec, c['b'])
+    seeds = sorted(set(qa) & set(qb))
+    row = dict(a=c['a'], b=c['b'], metric=c['metric'] + (f" (b: {c['b_metric']})" if c.get('b_metric') else ''), direction=c['direction'], seeds=len(seeds))
+    if not seeds: return row | dict(verdict=f"no runs (0 of {spec['seeds_needed']} seeds)")
+    b = [_renamed(qb[s], c['metric'], c['b_metric']) if c.get('b_metric') else qb[s] for s in seeds]
+    cmp = paired_bootstrap([qa[s] for s in seeds], b, c['metric'], n_boot=n_boot)
+    v = verdict(cmp, c['direction'], c.get('margin', 0.0))
+    if len(seeds) < spec['seeds_needed']: v = f"incomplete ({len(seeds)} of {spec['seeds_needed']} seeds)"
+    return row | dict(mean_a=cmp.a, mean_b=cmp.b, diff=cmp.diff, lo=cmp.lo, hi=cmp.hi, per_seed=[round(x, 3) for x in cmp.per_seed], verdict=v)
+
+# %% ../nbs/07a_claims.ipynb #cl18c001
+def plot_claims(table, title:str=''):
+    "Each claim's paired difference with its 95% interval (a forest plot), coloured by verdict."
+    import matplotlib.pyplot as plt
+    t = table[table['diff'].notna()] if 'diff' in table else table.iloc[:0]
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * max(len(t), 1)))
+    col = lambda v: 'tab:green' if v == 'shown' else 'tab:red' if v == 'contradicted' else 'tab:gray'
+    for y, (name, r) in enumerate(t.iterrows()):
+        ax.errorbar(r['diff'], y, xerr=[[r['diff'] - r['lo']], [r['hi'] - r['diff']]], fmt='o', color=col(r['verdict']), capsize=3)
+    ax.axvline(0, color='k', lw=0.8); ax.set_yticks(range(len(t)), [f"{n}: {r['a']} - {r['b']}\n{r['metric']}" for n, r in t.iterrows()], fontsize=7)
+    ax.invert_yaxis(); ax.set_xlabel('paired difference a - b (95% interval)'); ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+def claims_report(spec:dict, n_boot:int=2000):
+    "The claim table (or a selection's choice) of a claim file's runs; writes claims.md, claims.csv and claims.png to its runs folder."
+    import pandas as pd
+    out = Path(spec['out'])
+    if spec.get('select'): return _select(spec)
+    table = pd.DataFrame({name: compare_claim(spec, c, n_boot) for name, c in spec['claims'].items()}).T
+    out.mkdir(parents=True, exist_ok=True)
+    num = [k for k in ('mean_a', 'mean_b', 'diff', 'lo', 'hi') if k in table]
+    shown = table.copy(); shown[num] = shown[num].astype(float).round(2)
+    with atomic_write(out/'claims.md') as f: f.write(f"# {spec['name']}\n\n{shown.to_markdown()}\n")
+    with atomic_write(out/'claims.csv') as f: f.write(table.to_csv())
+    fig = plot_claims(table, spec['name'])
+    with atomic_write(out/'claims.png', 'wb') as f: fig.savefig(f, format='png', dpi=110)
+    import matplotlib.pyplot as plt; plt.close(fig)
+    return table
+
+# %% ../nbs/07a_claims.ipynb #cl18c004
+def claims_arguments(p):
+    p.add_argument('action', choices=['run', 'report'], help='run: the missing runs, then the report; report: the report of the runs there are')
+    p.add_argument('files', nargs='+', help='claim files (experiments/claims_*.yaml), run in the order given')
+
+def claims_command(args) -> int:
+    for f in args.files:
+        r = run_claims(f, only_report=args.action == 'report')
+        print(r if isinstance(r, dict) else r.drop(columns=[c for c in ('per_seed',) if c in r]).to_string())
+    return 0

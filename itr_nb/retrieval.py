@@ -277,13 +277,18 @@ def init_model(init:str, cfg:ModelConfig, device='cpu') -> tuple:
     return model, mcfg
 
 # %% ../nbs/08_retrieval.ipynb #st18e000
-def query_split(model:DualEncoder, data:SplitData, **kw) -> dict:
+def query_split(model:DualEncoder, data:SplitData,
+                cross:bool=True, # also image-image / text-text from the cross-modal heads, as cross_i2i_*, cross_t2t_*
+                **kw) -> dict:
     "Per-query arrays of `model` on `data` (R@K hits, AP@R, R-P, uni-modal), for paired comparisons (`itr_nb.claims`)."
     from itr_nb.metrics import query_metrics
-    e = embed_split(model, data, **kw); rel = data.rel or {}
-    return query_metrics(e['x'] @ e['y'].T, data.split.txt2img, rel or None,
-                         img_sim=e['x_uni'] @ e['x_uni'].T if 'i2i' in rel else None,
-                         txt_sim=e['y_uni'] @ e['y_uni'].T if 't2t' in rel else None)
+    e = embed_split(model, data, **kw); rel = data.rel or {}; sim = e['x'] @ e['y'].T
+    uni = lambda x, y: dict(img_sim=x @ x.T if 'i2i' in rel else None, txt_sim=y @ y.T if 't2t' in rel else None)
+    q = query_metrics(sim, data.split.txt2img, rel or None, **uni(e['x_uni'], e['y_uni']))
+    if cross and ('i2i' in rel or 't2t' in rel):
+        c = query_metrics(sim, data.split.txt2img, rel, **uni(e['x'], e['y']))
+        q |= {f'cross_{k}': v for k, v in c.items() if k.startswith(('i2i_', 't2t_'))}
+    return q
 
 def pretrain_arguments(parser):
     "Arguments of `itr-nb pretrain`."
