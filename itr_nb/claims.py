@@ -138,10 +138,10 @@ def _resolve(v, folder:Path):
     return load_json(f)['value']
 
 def claim_runs(spec:dict) -> list:
-    "(arm, seed, parameters, run folder) of every run of a claim file."
+    "(arm, seed, parameters, run folder) of every run of a claim file, every arm of a seed before the next seed."
     out = Path(spec['out'])
     return [(arm, s, {k: _resolve(v, out) for k, v in (spec['params'] | (extra or {})).items()} | dict(seed=s), out/arm/f'seed={s}')
-            for arm, extra in spec['arms'].items() for s in spec['seeds']]
+            for s in spec['seeds'] for arm, extra in spec['arms'].items()]   # seed by seed: an interrupted sitting leaves whole pairs
 
 # %% ../nbs/07a_claims.ipynb #cl18b001
 def run_claims(path, progress:bool=True, only_report:bool=False) -> dict:
