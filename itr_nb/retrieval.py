@@ -264,8 +264,9 @@ def pretrain_student(cfg:PretrainConfig|None=None, out_dir=None, # default data/
     val = load_split(ensure_benchmark()/'dataset.json', 'val', size, limit=500, progress=progress)
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, grad_clip=0.0,
                        precision='bf16', seed=cfg.seed, device=device)
-    train_retrieval(train, val, cfg.model, tcfg, batch_size=cfg.batch_size, per_caption=True, out_dir=out, progress=progress)
+    _, _, hist = train_retrieval(train, val, cfg.model, tcfg, batch_size=cfg.batch_size, per_caption=True, out_dir=out, progress=progress)
     from itr_nb.core import save_json
+    save_json(hist, out/'history.json')
     save_json(asdict(cfg), out/'pretrain.json')   # written last: a folder without it is an unfinished build
     return out
 

@@ -7,6 +7,7 @@ Docs: https://itr-nb.github.io/itr_nb/splits.html.md"""
 
 # %% ../nbs/01c_splits.ipynb #b7ecc934
 from __future__ import annotations
+import os
 import argparse, hashlib, itertools, json, os, re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +50,11 @@ def split_images(full:Split, n:int, p:Preprocess, ident:dict, stem:str, cache_di
     path = lambda m: d/f"{_slug(stem)}-{m}-{p.size}{p.resize[0]}-{tag}.safetensors"
     N = len(full.image_paths)
     if n < N and path(N).exists():
-        try: whole = read_cache_header(path(N))[1] == cache_key(ident | {'content': content_hash(full.image_paths)}, p, N)
+        try: whole = read_cache_header(path(N))[1] == cache_key(ident | {'content': content_hash(map(os.path.abspath, full.image_paths))}, p, N)
         except ItrError: whole = False
         if whole: return ImageStore(path(N), n)
     s = full.head(n)
-    return cached_images(s.sources or s.image_paths, p, ident | {'content': content_hash(s.image_paths)}, path(n), workers, progress,
+    return cached_images(s.sources or s.image_paths, p, ident | {'content': content_hash(map(os.path.abspath, s.image_paths))}, path(n), workers, progress,
                          describe, desc=f'decoding {full.name} images')
 
 def load_split(dataset, split:str='test', image_size:int|None=64, join_restval:bool=False, limit:int=0,
