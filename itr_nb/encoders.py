@@ -702,16 +702,24 @@ def eval_mode(module:nn.Module):
 def cache_text_features(model:nn.Module, # a model with a frozen `text_enc`
                         captions:list, # every caption it will see (duplicates are fine)
                         cache_dir, batch_size:int=256, device='cpu'):
-    "Attach a `FeatureTable` of the frozen text tower's embeddings of `captions` to `model`, computed once and cached under `cache_dir`."
+    "Attach a `FeatureTable` of the frozen text tower's embeddings of `captions` to `model`, computed once and cached under `cache_dir` (a cache of a superset serves too)."
     import hashlib
     if not model.frozen.get('text_enc'): raise ItrError("cache_text_features: the text tower is trained (freeze_text=False), so its outputs change every step")
     enc = model.text_enc
     caps = sorted(set(captions), key=lambda c: (len(c), c))   # similar lengths pad less
     h = hashlib.sha1('\n'.join(caps).encode()).hexdigest()
     w = hashlib.sha1(b''.join(q.detach().cpu().numpy().tobytes() for q in enc.state_dict().values())).hexdigest()   # the weights themselves
-    path = Path(cache_dir)/f"text-{w[:8]}-{h[:12]}.safetensors"
-    was = next(enc.parameters()).device
-    try: o = cached_features(enc, dict(captions=h, weights=w), caps, path, batch_size=batch_size, tokens=False, device=device, desc='caching text features')
-    finally: enc.to(was).eval()
+    for f in sorted(Path(cache_dir).glob(f"text-{w[:8]}-*.json")):   # a cache of a superset of these captions serves as it is
+        have = load_json(f, 'text feature cache captions')
+        if f.with_suffix('.safetensors').exists() and set(caps) <= set(have):
+            key = dict(captions=hashlib.sha1('\n'.join(have).encode()).hexdigest(), weights=w)
+            o = cached_features(enc, key, have, f.with_suffix('.safetensors'), batch_size=batch_size, tokens=False, device=device, desc='caching text features')
+            caps = have; break
+    else:
+        path = Path(cache_dir)/f"text-{w[:8]}-{h[:12]}.safetensors"
+        was = next(enc.parameters()).device
+        try: o = cached_features(enc, dict(captions=h, weights=w), caps, path, batch_size=batch_size, tokens=False, device=device, desc='caching text features')
+        finally: enc.to(was).eval()
+        with atomic_write(path.with_suffix('.json')) as fh: fh.write(json.dumps(caps))   # what it holds, for later subsets
     model.feature_tables = getattr(model, 'feature_tables', {}) | {'text_enc': FeatureTable(caps, o.global_)}
     return model
