@@ -14,7 +14,7 @@ from .core import ItrError, atomic_write, load_json, save_json
 
 # %% auto #0
 __all__ = ['RSUM_KEYS', 'save_queries', 'load_queries', 'metric_value', 'Comparison', 'paired_bootstrap', 'verdict',
-           'load_claims', 'claim_runs', 'run_claims', 'compare_claim', 'plot_claims', 'claims_report',
+           'load_claims', 'claim_runs', 'run_claims', 'compare_claim', 'plot_claims', 'claims_report', 'show_claims',
            'claims_arguments', 'claims_command']
 
 # %% ../nbs/07a_claims.ipynb #7fca8ec5
@@ -226,6 +226,21 @@ def claims_report(spec:dict, n_boot:int=2000):
     with atomic_write(out/'claims.png', 'wb') as f: fig.savefig(f, format='png', dpi=110)
     import matplotlib.pyplot as plt; plt.close(fig)
     return table
+
+# %% ../nbs/07a_claims.ipynb #cl18d001
+def show_claims(name:str, # a claim file's stem, e.g. 'claims_cusa'
+                runs=None): # the runs folder (default: `itr_nb.core.runs_root()`)
+    "The claim table (a DataFrame) of `runs/<name>/claims.csv` with its forest plot shown, or None and the command to run."
+    import pandas as pd
+    from itr_nb.core import runs_root
+    d = Path(runs or runs_root())/name
+    if not (d/'claims.csv').exists():
+        print(f"no results for {name} yet: run `itr-nb claims run experiments/{name}.yaml` (experiments/PROTOCOL.md)"); return None
+    t = pd.read_csv(d/'claims.csv', index_col=0)
+    if (d/'claims.png').exists():
+        from IPython.display import Image, display
+        display(Image(filename=str(d/'claims.png')))
+    return t
 
 # %% ../nbs/07a_claims.ipynb #cl18c004
 def claims_arguments(p):
