@@ -1,5 +1,5 @@
 """CUSA (Huang et al., AAAI 2024): frozen uni-modal teachers give soft labels over the batch; the student's
-cross-modal (CSA) and uni-modal (USA) similarity distributions are pulled toward them (METHODS.md section 2).
+cross-modal (CSA) and uni-modal (USA) similarity distributions are pulled toward them (methods §2).
 
 Docs: https://itr-nb.github.io/itr_nb/cusa.html.md"""
 
@@ -23,7 +23,7 @@ __all__ = ['soft_labels', 'kl_rows', 'csa_loss', 'usa_loss', 'CUSAObjective', 'H
 # %% ../nbs/09_cusa.ipynb #01da02cc
 def soft_labels(feats:Tensor, # teacher features of the batch [N,D] (normalised here)
                 tau_t:float=1.0) -> Tensor: # teacher temperature (paper: 1.0, fixed)
-    "Q_ik = softmax_k(<u_i, u_k> / tau_t), the teacher's soft labels (METHODS.md eq. Q^I / Q^T)."
+    "Q_ik = softmax_k(<u_i, u_k> / tau_t), the teacher's soft labels (methods eq. (2.1)-(2.2))."
     u = F.normalize(feats.to(torch.promote_types(feats.dtype, torch.float32)), dim=-1)
     return (u @ u.T / tau_t).softmax(-1)
 
@@ -38,7 +38,7 @@ def csa_loss(x:Tensor, # student image embeddings, cross-modal head [N,D], unit 
              q_img:Tensor, # Q^I [N,N], image teacher's soft labels
              q_txt:Tensor, # Q^T [N,N], text teacher's soft labels
              tau_c) -> Tensor: # cross-modal temperature
-    "L_CSA = 1/2 [KL(Q^I || softmax_k(<x_i,y_k>/tau_c)) + KL(Q^T || softmax_k(<y_j,x_k>/tau_c))] (METHODS.md eq. L_CSA)."
+    "L_CSA = 1/2 [KL(Q^I || softmax_k(<x_i,y_k>/tau_c)) + KL(Q^T || softmax_k(<y_j,x_k>/tau_c))] (methods eq. (2.4))."
     s = x @ y.T / tau_c
     return (kl_rows(q_img, s) + kl_rows(q_txt, s.T)) / 2
 
@@ -46,12 +46,12 @@ def usa_loss(x_uni:Tensor, # student image embeddings, uni-modal head [N,D], uni
              y_uni:Tensor, # student caption embeddings, uni-modal head [N,D]
              q_img:Tensor, q_txt:Tensor, # Q^I, Q^T [N,N]
              tau_ui, tau_ut) -> Tensor: # uni-modal temperatures (image, text)
-    "L_USA = 1/2 [KL(Q^I || softmax_k(<x'_i,x'_k>/tau_uI)) + KL(Q^T || softmax_k(<y'_j,y'_k>/tau_uT))] (METHODS.md eq. L_USA)."
+    "L_USA = 1/2 [KL(Q^I || softmax_k(<x'_i,x'_k>/tau_uI)) + KL(Q^T || softmax_k(<y'_j,y'_k>/tau_uT))] (methods eq. (2.5))."
     return (kl_rows(q_img, x_uni @ x_uni.T / tau_ui) + kl_rows(q_txt, y_uni @ y_uni.T / tau_ut)) / 2
 
 # %% ../nbs/09_cusa.ipynb #4b12a6ea
 class CUSAObjective(nn.Module):
-    "InfoNCE + alpha * L_CSA + beta * L_USA with cached teacher features (METHODS.md section 2)."
+    "InfoNCE + alpha * L_CSA + beta * L_USA with cached teacher features (methods eq. (2.6))."
     def __init__(self, img_feats:Tensor|None=None, # image teacher features of the training split [N_img,Di]
                  txt_feats:Tensor|None=None, # text teacher features of the training split [N_cap,Dt]
                  alpha:float=0.1, # weight of L_CSA (paper, CLIP students: 0.1)

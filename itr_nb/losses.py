@@ -23,7 +23,7 @@ def info_nce(x:Tensor, # image embeddings [N,D], L2-normalised
              img_ids:Tensor, # [N] image identity of each pair
              tau, # temperature (float or 0-dim tensor)
              scale_by_batch:bool=False) -> Tensor: # also divide by N (CUSA's official scaling)
-    "Multi-positive InfoNCE over both directions (METHODS.md eq. L_con)."
+    "Multi-positive InfoNCE over both directions (methods eq. (1.3))."
     s = x @ y.T / tau                           # S_ij / tau
     pos = positives(img_ids).to(s.dtype)
     i2t = -(pos / pos.sum(1, keepdim=True) * s.log_softmax(1)).sum(1).mean()  # CE(softmax_j, P_i.)

@@ -109,7 +109,7 @@ def build_model(cfg:ModelConfig, seed:int=0,
                        freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text, proj=cfg.proj)
 
 class ContrastiveObjective(nn.Module):
-    "The baseline: multi-positive InfoNCE on the cross-modal heads (METHODS.md section 1)."
+    "The baseline: multi-positive InfoNCE on the cross-modal heads (methods eq. (1.3))."
     def __init__(self, **kw): super().__init__(); self.con = ContrastiveLoss(**kw)
     @property
     def gather_negatives(self) -> bool: return self.con.gather_negatives   # negatives from every process (torchrun)

@@ -1,6 +1,6 @@
 """TGDT (Liu et al., IEEE TIP 2023): one token-guided transformer per modality gives a global embedding and token
 embeddings; the CMC loss trains both; two-stage inference ranks by global vectors and re-ranks the top K with
-local token matching (METHODS.md section 3).
+local token matching (methods §3).
 
 Docs: https://itr-nb.github.io/itr_nb/tgdt.html.md"""
 
@@ -132,9 +132,9 @@ def local_sim(v:Tensor, # region embeddings [N,R,d], unit norm
               t:Tensor, # word embeddings [M,W,d], unit norm
               tm:Tensor|None, # word mask [M,W] (None: all valid)
               lambda_l:float=1.0, # scale of the local term
-              reduce:str='mean', # 'mean' over words (METHODS.md decision) or 'sum' (official, with lambda_l=10)
+              reduce:str='mean', # 'mean' over words (methods D3, X3) or 'sum' (official, with lambda_l=10)
               block_mb:int=256) -> Tensor: # memory of one block's region-word scores
-    "s_l [N,M]: lambda_l * mean (or sum) over words of the max over regions of <v_r, t_w> (METHODS.md section 3)."
+    "s_l [N,M]: lambda_l * mean (or sum) over words of the max over regions of <v_r, t_w> (methods eq. (3.3))."
     _check_reduce(reduce)
     N, R, d = v.shape; M, W, _ = t.shape
     vm = torch.ones(N, R, dtype=torch.bool, device=v.device) if vm is None else vm.bool()
@@ -157,7 +157,7 @@ def triplet_hardest(S:Tensor, # images x captions scores of the batch's pairs [N
                     img_ids:Tensor|None=None, # [N] image of each pair; same-image pairs are not negatives
                     margin:float=0.2,
                     hardest:bool=True) -> Tensor: # False: sum over all negatives instead of the hardest (VSE0, for warm-up)
-    "L_tri(S) = sum_i max_{j neg} [m + S_ij - S_ii]_+ + sum_j max_{i neg} [m + S_ij - S_jj]_+ (VSE++, METHODS.md section 3)."
+    "L_tri(S) = sum_i max_{j neg} [m + S_ij - S_ii]_+ + sum_j max_{i neg} [m + S_ij - S_jj]_+ (VSE++, methods eq. (3.4))."
     n = len(S); ids = torch.arange(n, device=S.device) if img_ids is None else img_ids.to(S.device)
     pos, d = ids[:, None] == ids[None, :], S.diagonal()
     if not hardest:   # every negative's hinge, both directions
@@ -170,7 +170,7 @@ def triplet_hardest(S:Tensor, # images x captions scores of the batch's pairs [N
 def intra_consistency(x:Tensor, # global image embeddings of the batch [N,d], unit norm
                       y:Tensor, # global caption embeddings [N,d]; y[j] pairs with x[j]
                       margin:float=0.3) -> Tensor: # m_c
-    "L_intra = sum_j [max_i |(G_T G_T^T)_ij - (G_I G_I^T)_ij| - m_c]_+ (METHODS.md section 3)."
+    "L_intra = sum_j [max_i |(G_T G_T^T)_ij - (G_I G_I^T)_ij| - m_c]_+ (methods eq. (3.5))."
     return ((y @ y.T - x @ x.T).abs().amax(0) - margin).clamp_min(0).sum()
 
 # %% ../nbs/10_tgdt.ipynb #9307ff1c

@@ -1,5 +1,5 @@
 """Text-tag self-distillation (Jo et al., ECCV 2024): dense image-text maps, tag selection by pixel-tag scoring, and
-fine-tuning that pulls a caption's map toward the union of its selected tags' maps (METHODS.md section 4).
+fine-tuning that pulls a caption's map toward the union of its selected tags' maps (methods §4).
 
 Docs: https://itr-nb.github.io/itr_nb/ttd.html.md"""
 
@@ -303,7 +303,7 @@ def ttd_targets(tag_maps:Tensor, valid:Tensor, theta:float, argmax_only:bool=Fal
 
 # %% ../nbs/11_ttd.ipynb #6f28c5a3
 class TTDObjective(nn.Module):
-    "Text-tag self-distillation: w_con L_con + w_distill L_distill + w_tag L_tag (METHODS.md section 4, step 2)."
+    "Text-tag self-distillation: w_con L_con + w_distill L_distill + w_tag L_tag (methods eq. (4.9), step 2 of §4)."
     def __init__(self, theta:float=0.5, # tag selection threshold (chosen on validation)
                  w_distill:float=1.0, w_tag:float=1.0, w_con:float=1.0, # loss weights
                  scale:float=10.0, shift:float=-2.0, # sigmoid(scale * A + shift) turns a cosine map into probabilities

@@ -1,0 +1,28 @@
+"The workbook as one book: every reference points inside the repository."
+import re, subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# spelled in pieces so that this file does not match itself
+OUTSIDE = re.compile('|'.join([re.escape('METHODS' + '.md'), re.escape('..' + '/shared'), r'(?<![\w.~-])/' + 'work/']))
+
+
+def _tracked_text():
+    files = subprocess.run(['git', 'ls-files'], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        p = ROOT/f
+        if not p.is_file(): continue
+        b = p.read_bytes()
+        if b'\0' in b[:8192]: continue                       # binary
+        yield f, b.decode('utf-8', errors='replace')
+
+
+def test_no_reference_outside_the_repo():
+    hits = [f'{f}:{s.count(chr(10), 0, m.start()) + 1}: {m.group(0)}' for f, s in _tracked_text() for m in OUTSIDE.finditer(s)]
+    assert not hits, 'references outside the repository (point at nbs/00a_methods.ipynb instead):\n' + '\n'.join(hits)
+
+
+def test_pattern_catches_each_kind():
+    for s in ('see ' + 'METHODS' + '.md section 2', '`..' + '/shared/x`', 'cd /' + 'work/main'):
+        assert OUTSIDE.search(s), s
+    assert not OUTSIDE.search('https://example.org/network/x and nbs/00a_methods.ipynb#eq-2-4')
