@@ -26,3 +26,16 @@ def test_pattern_catches_each_kind():
     for s in ('see ' + 'METHODS' + '.md section 2', '`..' + '/shared/x`', 'cd /' + 'work/main'):
         assert OUTSIDE.search(s), s
     assert not OUTSIDE.search('https://example.org/network/x and nbs/00a_methods.ipynb#eq-2-4')
+
+
+def test_readme_is_a_front_door():
+    lines = (ROOT/'README.md').read_text().splitlines()
+    assert len(lines) <= 150, f'README.md has {len(lines)} lines (at most 150: the rest belongs on nbs/91_reference.ipynb)'
+    assert './run.sh main' in lines and './run.sh test' in lines          # the two commands, each on its own line
+    assert './run.sh test' in (ROOT/'.ci'/'run').read_text()
+
+
+def test_readme_maps_every_notebook():
+    text = (ROOT/'README.md').read_text()
+    missing = [p.stem for p in sorted((ROOT/'nbs').glob('*.ipynb')) if f'| `{p.stem}` |' not in text]
+    assert not missing, f"README.md's notebook map lacks {missing}"
