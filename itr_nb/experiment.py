@@ -21,11 +21,14 @@ __all__ = ['HEADLINE', 'find_template', 'template_params', 'check_params', 'pars
 
 # %% ../nbs/07_experiment.ipynb #2ca0239e
 def find_template(name) -> Path:
-    "A template path, or a bare name looked up in `<project>/experiments/`."
-    p = Path(name)
-    for c in [p, p.with_suffix('.ipynb'), project_root()/'experiments'/p.with_suffix('.ipynb').name]:
+    "A template path, or a bare name looked up in `<project>/experiments/` (a clone's: the package ships no templates)."
+    p, exp = Path(name), project_root()/'experiments'
+    for c in [p, p.with_suffix('.ipynb'), exp/p.with_suffix('.ipynb').name]:
         if c.is_file(): return c.resolve()
-    raise ItrError(f"template not found: {name} (looked in . and {project_root()/'experiments'})")
+    if not exp.is_dir():
+        raise ItrError(f"template not found: {name}, and there is no experiments/ folder under {project_root()}: the templates "
+                       "come with a clone of the workbook, not with the installed package; run itr-nb from the clone, or give a template's path")
+    raise ItrError(f"template not found: {name} (looked in . and {exp})")
 
 def template_params(template) -> dict:
     "The parameters a template declares: {name: {'default', 'inferred_type_name', 'help'}} (papermill's inspection)."

@@ -39,3 +39,24 @@ def test_readme_maps_every_notebook():
     text = (ROOT/'README.md').read_text()
     missing = [p.stem for p in sorted((ROOT/'nbs').glob('*.ipynb')) if f'| `{p.stem}` |' not in text]
     assert not missing, f"README.md's notebook map lacks {missing}"
+
+
+def test_declared_package_data_exists():
+    import tomllib
+    cfg = tomllib.loads((ROOT/'pyproject.toml').read_text())
+    data = cfg.get('tool', {}).get('setuptools', {}).get('package-data', {})
+    empty = [f'{pkg}/{g}' for pkg, globs in data.items() for g in globs if not list((ROOT/pkg).glob(g))]
+    assert not empty, f'pyproject.toml declares package data that does not exist: {empty}'
+
+
+def test_run_outside_a_clone_says_so(tmp_path, monkeypatch):
+    import pytest
+    import itr_nb.experiment as ex
+    from itr_nb.core import ItrError
+    monkeypatch.setattr(ex, 'project_root', lambda: tmp_path)     # an install without the clone's experiments/
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ItrError, match=r'no experiments/ folder under .*clone of the workbook'):
+        ex.find_template('cusa')
+    (tmp_path/'experiments').mkdir()
+    with pytest.raises(ItrError, match=r'template not found: cusa \(looked in'):
+        ex.find_template('cusa')
