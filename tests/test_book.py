@@ -60,3 +60,33 @@ def test_run_outside_a_clone_says_so(tmp_path, monkeypatch):
     (tmp_path/'experiments').mkdir()
     with pytest.raises(ItrError, match=r'template not found: cusa \(looked in'):
         ex.find_template('cusa')
+
+
+# the layers, lowest first (the data family, then as the modules build on each other); a module imports only from
+# modules before it, at the top or inside a function, except inside the `*_command` entry points behind `itr-nb`
+LAYERS = ['core', 'data', 'images', 'shards', 'precomp', 'splits', 'synth', 'metrics', 'search', 'encoders', 'losses', 'train',
+          'experiment', 'claims', 'retrieval', 'cusa', 'tgdt', 'ttd', 'inspect', 'distributed', 'cli']
+
+
+def _imports(path):
+    import ast
+    tree = ast.parse(path.read_text())
+    def walk(node, fn):
+        for ch in ast.iter_child_nodes(node):
+            f = ch.name if isinstance(ch, (ast.FunctionDef, ast.AsyncFunctionDef)) else fn
+            if isinstance(ch, ast.ImportFrom) and ch.module:
+                m = ch.module.split('.')[-1] if ch.level or ch.module.startswith('itr_nb') else None
+                if m: yield m, f
+            elif isinstance(ch, ast.Import):
+                for a in ch.names:
+                    if a.name.startswith('itr_nb.'): yield a.name.split('.')[1], f
+            yield from walk(ch, f)
+    yield from walk(tree, None)
+
+
+def test_nothing_imports_upward():
+    mods = sorted(p.stem for p in (ROOT/'itr_nb').glob('*.py') if not p.stem.startswith('_'))
+    assert set(mods) <= set(LAYERS), f'modules missing from LAYERS: {set(mods) - set(LAYERS)}'
+    bad = [f'{m} imports {x}' + (f' in {fn}' if fn else '') for m in mods for x, fn in _imports(ROOT/'itr_nb'/f'{m}.py')
+           if x in LAYERS and LAYERS.index(x) >= LAYERS.index(m) and x != m and not (fn or '').endswith('_command')]
+    assert not bad, bad
