@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['ItrError', 'where', 'atomic_write', 'save_json', 'load_json', 'seed_everything', 'get_device', 'save_npz',
-           'save_relevance', 'load_relevance', 'project_root', 'data_root', 'runs_root', 'network_allowed',
+__all__ = ['ItrError', 'where', 'atomic_write', 'save_json', 'load_json', 'seed_everything', 'get_device', 'eval_mode',
+           'save_npz', 'save_relevance', 'load_relevance', 'project_root', 'data_root', 'runs_root', 'network_allowed',
            'set_offline']
 
 # %% ../nbs/00_core.ipynb #e82d9eb6
@@ -66,6 +66,17 @@ def get_device(device:str='auto') -> torch.device:
     if device == 'cuda' and local is not None: device = f'cuda:{local}'
     try: return torch.device(device)
     except RuntimeError as e: raise ItrError(f"unknown device {device!r}: {e}") from None
+
+# %% ../nbs/00_core.ipynb #5384a23b
+@contextlib.contextmanager
+def eval_mode(*modules):
+    "Run the block with `modules` in eval mode; each gets its previous train/eval mode back afterwards, even on error."
+    was = [m.training for m in modules]
+    try:
+        for m in modules: m.eval()
+        yield modules[0] if len(modules) == 1 else modules
+    finally:
+        for m, w in zip(modules, was): m.train(w)
 
 # %% ../nbs/00_core.ipynb #7ffc25d3
 import io, zipfile

@@ -1,5 +1,5 @@
 """CUSA (Huang et al., AAAI 2024): frozen uni-modal teachers give soft labels over the batch; the student's
-cross-modal (CSA) and uni-modal (USA) similarity distributions are pulled toward them (METHODS.md section 2).
+cross-modal (CSA) and uni-modal (USA) similarity distributions are pulled toward them (methods §2).
 
 Docs: https://itr-nb.github.io/itr_nb/cusa.html.md"""
 
@@ -12,18 +12,20 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import ItrError, data_root, get_device
+from .data import length_order
 from .shards import ShardData
-from .encoders import EncoderOutput, image_encoder, text_encoder, cached_features, file_identity, local_path, hf_quiet
+from .encoders import (EncoderOutput, image_encoder, text_encoder, cached_features, file_identity, local_path, hf_quiet,
+                             HFImage, SentenceTransformerText, split_identity)   # re-exported: they lived here
 from .losses import ContrastiveLoss, Temperature, gather_batch
 
 # %% auto #0
-__all__ = ['soft_labels', 'kl_rows', 'csa_loss', 'usa_loss', 'CUSAObjective', 'HFImage', 'SentenceTransformerText', 'Teacher',
-           'split_identity', 'teacher_features', 'teacher_auc', 'label_peakedness', 'cusa_arguments', 'cusa_command']
+__all__ = ['soft_labels', 'kl_rows', 'csa_loss', 'usa_loss', 'CUSAObjective', 'Teacher', 'teacher_features', 'teacher_auc',
+           'label_peakedness', 'cusa_arguments', 'cusa_command']
 
 # %% ../nbs/09_cusa.ipynb #01da02cc
 def soft_labels(feats:Tensor, # teacher features of the batch [N,D] (normalised here)
                 tau_t:float=1.0) -> Tensor: # teacher temperature (paper: 1.0, fixed)
-    "Q_ik = softmax_k(<u_i, u_k> / tau_t), the teacher's soft labels (METHODS.md eq. Q^I / Q^T)."
+    "Q_ik = softmax_k(<u_i, u_k> / tau_t), the teacher's soft labels (methods eq. (2.1)-(2.2))."
     u = F.normalize(feats.to(torch.promote_types(feats.dtype, torch.float32)), dim=-1)
     return (u @ u.T / tau_t).softmax(-1)
 
@@ -38,7 +40,7 @@ def csa_loss(x:Tensor, # student image embeddings, cross-modal head [N,D], unit 
              q_img:Tensor, # Q^I [N,N], image teacher's soft labels
              q_txt:Tensor, # Q^T [N,N], text teacher's soft labels
              tau_c) -> Tensor: # cross-modal temperature
-    "L_CSA = 1/2 [KL(Q^I || softmax_k(<x_i,y_k>/tau_c)) + KL(Q^T || softmax_k(<y_j,x_k>/tau_c))] (METHODS.md eq. L_CSA)."
+    "L_CSA = 1/2 [KL(Q^I || softmax_k(<x_i,y_k>/tau_c)) + KL(Q^T || softmax_k(<y_j,x_k>/tau_c))] (methods eq. (2.4))."
     s = x @ y.T / tau_c
     return (kl_rows(q_img, s) + kl_rows(q_txt, s.T)) / 2
 
@@ -46,12 +48,12 @@ def usa_loss(x_uni:Tensor, # student image embeddings, uni-modal head [N,D], uni
              y_uni:Tensor, # student caption embeddings, uni-modal head [N,D]
              q_img:Tensor, q_txt:Tensor, # Q^I, Q^T [N,N]
              tau_ui, tau_ut) -> Tensor: # uni-modal temperatures (image, text)
-    "L_USA = 1/2 [KL(Q^I || softmax_k(<x'_i,x'_k>/tau_uI)) + KL(Q^T || softmax_k(<y'_j,y'_k>/tau_uT))] (METHODS.md eq. L_USA)."
+    "L_USA = 1/2 [KL(Q^I || softmax_k(<x'_i,x'_k>/tau_uI)) + KL(Q^T || softmax_k(<y'_j,y'_k>/tau_uT))] (methods eq. (2.5))."
     return (kl_rows(q_img, x_uni @ x_uni.T / tau_ui) + kl_rows(q_txt, y_uni @ y_uni.T / tau_ut)) / 2
 
 # %% ../nbs/09_cusa.ipynb #4b12a6ea
 class CUSAObjective(nn.Module):
-    "InfoNCE + alpha * L_CSA + beta * L_USA with cached teacher features (METHODS.md section 2)."
+    "InfoNCE + alpha * L_CSA + beta * L_USA with cached teacher features (methods eq. (2.6))."
     def __init__(self, img_feats:Tensor|None=None, # image teacher features of the training split [N_img,Di]
                  txt_feats:Tensor|None=None, # text teacher features of the training split [N_cap,Dt]
                  alpha:float=0.1, # weight of L_CSA (paper, CLIP students: 0.1)
@@ -86,43 +88,6 @@ class CUSAObjective(nn.Module):
             parts['usa'] = usa_loss(g(out['x_uni']), g(out['y_uni']), q_img, q_txt, self.tau_ui(), self.tau_ut())
             loss = loss + self.beta * parts['usa']
         return dict(loss=loss, **parts)
-
-# %% ../nbs/09_cusa.ipynb #daf2a4b8
-class HFImage(nn.Module):
-    "A transformers vision model from a local path as an image encoder: its pooled output (or first token)."
-    def __init__(self, path):
-        super().__init__()
-        from transformers import AutoModel, AutoConfig
-        p = local_path(path, 'vision model')
-        with hf_quiet(): self.model = AutoModel.from_pretrained(p)
-        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-        try:
-            from transformers import AutoImageProcessor
-            ip = AutoImageProcessor.from_pretrained(p); mean, std = ip.image_mean, ip.image_std
-        except Exception: pass   # no processor saved: ImageNet statistics
-        self.register_buffer('mean', torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        c = self.model.config
-        self.dim = self.token_dim = getattr(c, 'hidden_size', None) or c.hidden_sizes[-1]
-
-    def forward(self, x:Tensor) -> EncoderOutput:
-        px = (x - self.mean) / self.std
-        try: o = self.model(pixel_values=px, interpolate_pos_encoding=True)
-        except TypeError: o = self.model(pixel_values=px)
-        g = getattr(o, 'pooler_output', None)
-        return EncoderOutput((o.last_hidden_state[:, 0] if g is None else g).flatten(1))
-
-class SentenceTransformerText(nn.Module):
-    "A sentence-transformers model from a local folder (its own pooling and normalisation) as a text encoder."
-    def __init__(self, path):
-        super().__init__()
-        from sentence_transformers import SentenceTransformer
-        self.model = SentenceTransformer(str(local_path(path, 'sentence-transformers model')), device='cpu')
-        m = self.model
-        self.dim = self.token_dim = (getattr(m, 'get_embedding_dimension', None) or m.get_sentence_embedding_dimension)()
-
-    def forward(self, texts:list[str]) -> EncoderOutput:
-        return EncoderOutput(self.model.encode(list(texts), convert_to_tensor=True, batch_size=len(texts)))
 
 # %% ../nbs/09_cusa.ipynb #2f9ee0bd
 class Teacher:
@@ -165,13 +130,6 @@ class Teacher:
         return self.encoder(x)
 
 # %% ../nbs/09_cusa.ipynb #4a2fdf74
-def split_identity(data, dataset) -> dict:
-    "What identifies a split's content: the dataset file, the split name and a hash of its image paths and captions."
-    h = hashlib.sha1()
-    for s in (*map(str, data.split.image_paths), '\x00', *data.split.captions): h.update(s.encode() + b'\n')
-    return dict(dataset=file_identity(dataset), split=data.split.name, n_images=data.n_images,
-                n_captions=data.n_captions, content=h.hexdigest())
-
 def _slug(s:str) -> str: return re.sub(r'[^A-Za-z0-9.@+-]+', '_', s)[-80:]
 
 def teacher_features(data, # a `SplitData` (images from the image cache, or in memory)
@@ -196,10 +154,9 @@ def teacher_features(data, # a `SplitData` (images from the image cache, or in m
     # the image cache's uint8 rows stream to the teacher in batches (made float on `device`): no float copy of the split
     img = cached_features(it, ident | dict(image_size=data.images.shape[-1], preprocess=pre.key() if pre else None), data.images, cache/f"{stem}_{_slug(it.spec)}.safetensors",
                           batch_size, tokens=False, device=device, desc='image teacher' if progress else None)
-    order = np.argsort([len(c) for c in data.split.captions], kind='stable')   # similar lengths pad less
+    order, inv = length_order(data.split.captions)   # similar lengths pad less
     txt = cached_features(tt, ident, [data.split.captions[j] for j in order], cache/f"{stem}_{_slug(tt.spec)}.safetensors",
                           batch_size, tokens=False, device=device, desc='text teacher' if progress else None)
-    inv = torch.as_tensor(np.argsort(order))
     # the text cache stores rows in length order; the key's content hash ties that order to this split
     return img.global_, txt.global_[inv]
 

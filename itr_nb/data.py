@@ -18,8 +18,8 @@ from torch.utils.data import Dataset
 from .core import ItrError, load_json
 
 # %% auto #0
-__all__ = ['AUGMENTS', 'preprocess_caption', 'Split', 'KarpathyData', 'load_karpathy', 'Preprocess', 'to_rgb', 'decode_rgb',
-           'resized_shape', 'preprocess_image', 'read_bytes', 'load_image', 'read_image', 'augment_seed',
+__all__ = ['AUGMENTS', 'preprocess_caption', 'length_order', 'Split', 'KarpathyData', 'load_karpathy', 'Preprocess', 'to_rgb',
+           'decode_rgb', 'resized_shape', 'preprocess_image', 'read_bytes', 'load_image', 'read_image', 'augment_seed',
            'augment_image', 'ImageDataset', 'CaptionDataset', 'PairDataset', 'check_images', 'EncoderOutput',
            'load_images']
 
@@ -29,6 +29,12 @@ _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 def preprocess_caption(s:str, max_words:int=64) -> str:
     "Lower-case, replace punctuation by spaces, collapse whitespace and keep the first `max_words` words."
     return ' '.join(_PUNCT.sub(' ', s.lower()).split()[:max_words])
+
+# %% ../nbs/01_data.ipynb #9c5da082
+def length_order(texts:list) -> tuple:
+    "(order, inverse): indices sorting `texts` by length (stable), and the LongTensor that restores the original order."
+    order = np.argsort([len(t) for t in texts], kind='stable')
+    return order, torch.as_tensor(np.argsort(order))
 
 # %% ../nbs/01_data.ipynb #d105322b
 _SPLITS = ('train', 'val', 'test', 'restval')

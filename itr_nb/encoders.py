@@ -1,5 +1,5 @@
-"""Image and text encoders behind one interface, the dual encoder with two heads per modality, and on-disk caches
-of frozen features.
+"""Image and text encoders behind one interface, the dual encoder with two heads per modality, its configuration and
+builder, and on-disk caches of frozen features.
 
 Docs: https://itr-nb.github.io/itr_nb/encoders.html.md"""
 
@@ -7,18 +7,23 @@ Docs: https://itr-nb.github.io/itr_nb/encoders.html.md"""
 
 # %% ../nbs/04_encoders.ipynb #857affaf
 from __future__ import annotations
-import contextlib, json
+import contextlib, hashlib, json
+from dataclasses import dataclass
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from .core import ItrError, atomic_write, load_json
+from .core import ItrError, atomic_write, load_json, seed_everything, get_device, data_root, eval_mode
+from .shards import ShardData
+from .precomp import RegionFeatures
+from .splits import SplitData
 
 # %% auto #0
 __all__ = ['local_path', 'hf_quiet', 'make_preprocess_cfg', 'SmallCNN', 'TimmImage', 'EfficientNetLite0', 'AttentionPool',
            'EfficientNetGrid', 'CLIPImage', 'clip_tower_config', 'tiny_clip', 'OpenCLIPImage', 'tiny_open_clip',
            'PrecompImage', 'HFText', 'masked_mean', 'minilm_path', 'SmallTextTransformer', 'CLIPText', 'OpenCLIPText',
-           'image_encoder', 'text_encoder', 'FrozenBackbones', 'head', 'DualEncoder', 'file_identity',
-           'cached_features', 'FeatureTable', 'eval_mode', 'cache_text_features']
+           'HFImage', 'SentenceTransformerText', 'image_encoder', 'text_encoder', 'FrozenBackbones', 'head',
+           'DualEncoder', 'ModelConfig', 'image_encoder_for', 'build_model', 'file_identity', 'cached_features',
+           'FeatureTable', 'cache_text_features', 'caches_prefix', 'cache_image_features', 'split_identity']
 
 # %% ../nbs/04_encoders.ipynb #101f2f49
 from .data import EncoderOutput   # defined in the data layer: precomputed region features are one too
@@ -518,6 +523,43 @@ class OpenCLIPText(nn.Module):
         m = self._mask(ids); L = int(m.sum(1).max())
         return EncoderOutput(o['text_features'], o['text_intermediates'][-1][:, :L], m[:, :L])
 
+# %% ../nbs/04_encoders.ipynb #94d4d68f
+class HFImage(nn.Module):
+    "A transformers vision model from a local path as an image encoder: its pooled output (or first token)."
+    def __init__(self, path):
+        super().__init__()
+        from transformers import AutoModel, AutoConfig
+        p = local_path(path, 'vision model')
+        with hf_quiet(): self.model = AutoModel.from_pretrained(p)
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        try:
+            from transformers import AutoImageProcessor
+            ip = AutoImageProcessor.from_pretrained(p); mean, std = ip.image_mean, ip.image_std
+        except Exception: pass   # no processor saved: ImageNet statistics
+        self.register_buffer('mean', torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        c = self.model.config
+        self.dim = self.token_dim = getattr(c, 'hidden_size', None) or c.hidden_sizes[-1]
+
+    def forward(self, x:Tensor) -> EncoderOutput:
+        px = (x - self.mean) / self.std
+        try: o = self.model(pixel_values=px, interpolate_pos_encoding=True)
+        except TypeError: o = self.model(pixel_values=px)
+        g = getattr(o, 'pooler_output', None)
+        return EncoderOutput((o.last_hidden_state[:, 0] if g is None else g).flatten(1))
+
+class SentenceTransformerText(nn.Module):
+    "A sentence-transformers model from a local folder (its own pooling and normalisation) as a text encoder."
+    def __init__(self, path):
+        super().__init__()
+        from sentence_transformers import SentenceTransformer
+        self.model = SentenceTransformer(str(local_path(path, 'sentence-transformers model')), device='cpu')
+        m = self.model
+        self.dim = self.token_dim = (getattr(m, 'get_embedding_dimension', None) or m.get_sentence_embedding_dimension)()
+
+    def forward(self, texts:list[str]) -> EncoderOutput:
+        return EncoderOutput(self.model.encode(list(texts), convert_to_tensor=True, batch_size=len(texts)))
+
 # %% ../nbs/04_encoders.ipynb #f91a4a80
 def _spec_string(spec, kw): return spec + (json.dumps(kw, sort_keys=True, default=str) if kw else '')
 
@@ -623,6 +665,35 @@ class DualEncoder(FrozenBackbones):
         if run is not None: return run(self)   # what an objective needs beyond the two branches, still through the forward of a DDP wrapper
         return self.encode_image(images) | self.encode_text(texts)
 
+# %% ../nbs/04_encoders.ipynb #354da4fd
+@dataclass
+class ModelConfig:
+    "What the dual encoder is made of."
+    image_encoder: str = 'small-cnn'       # small-cnn | efficientnet-lite0 | efficientnet-lite0-grid | timm:<name> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint> | precomp | precomp:<layers>
+    text_encoder: str = 'small-transformer'  # small-transformer | minilm | hf:<path> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint>
+    dim: int = 128                          # joint embedding size
+    freeze_image: bool = False
+    freeze_text: bool = False
+    proj: bool = True                       # a Linear to `dim` before the heads; False: heads on the backbone embeddings (CUSA's official layout)
+
+def image_encoder_for(spec:str, data=None, **kw) -> nn.Module:
+    "`image_encoder(spec)`; 'precomp' (and 'precomp:<layers>') takes its width, geometry and region count from `data`'s region features."
+    pre = isinstance(getattr(data, 'feats', None), RegionFeatures)
+    if spec.partition(':')[0] == 'precomp':
+        if not pre: raise ItrError(f"image encoder {spec!r} reads precomputed region features, but the training split is not a precomp folder (dataset='precomp:DIR')")
+        f = data.feats
+        return image_encoder(spec, dim=f.dim, geometry=f.geometry_dim, n_tokens=f.n_regions, **kw)
+    if pre: raise ItrError(f"the dataset is a precomp folder (region features, no images): use image_encoder='precomp' (or 'precomp:<layers>'), not {spec!r}")
+    return image_encoder(spec, **kw)
+
+def build_model(cfg:ModelConfig, seed:int=0,
+                data=None) -> DualEncoder: # the training split (a precomp split sizes the 'precomp' encoder)
+    "The dual encoder of `cfg`, initialised from `seed`."
+    seed_everything(seed)
+    return DualEncoder(image_encoder_for(cfg.image_encoder, data), text_encoder(cfg.text_encoder), cfg.dim,
+                       freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text, proj=cfg.proj)
+
+
 # %% ../nbs/04_encoders.ipynb #97034ff0
 def file_identity(path) -> dict:
     "Identify a file by resolved path, size and modification time (ns), for cache keys."
@@ -692,13 +763,6 @@ class FeatureTable:
         dev = next(encoder.parameters()).device
         return EncoderOutput(self.rows[0][torch.as_tensor([self.index[t] for t in texts])].to(dev))
 
-@contextlib.contextmanager
-def eval_mode(module:nn.Module):
-    "Run the block with `module` in eval mode, restoring its previous mode afterwards, also on error."
-    was = module.training; module.eval()
-    try: yield module
-    finally: module.train(was)
-
 def cache_text_features(model:nn.Module, # a model with a frozen `text_enc`
                         captions:list, # every caption it will see (duplicates are fine)
                         cache_dir, batch_size:int=256, device='cpu'):
@@ -723,3 +787,43 @@ def cache_text_features(model:nn.Module, # a model with a frozen `text_enc`
         with atomic_write(path.with_suffix('.json')) as fh: fh.write(json.dumps(caps))   # what it holds, for later subsets
     model.feature_tables = getattr(model, 'feature_tables', {}) | {'text_enc': FeatureTable(caps, o.global_)}
     return model
+
+# %% ../nbs/04_encoders.ipynb #c1eee853
+class _FromUint8(nn.Module):
+    "An image encoder fed uint8 images (as the image cache holds them), which it sees as float in [0, 1]."
+    def __init__(self, enc:nn.Module): super().__init__(); self.enc, self.spec = enc, getattr(enc, 'spec', None)
+    def forward(self, x): return self.enc(x.float().div_(255) if x.dtype == torch.uint8 else x)
+
+class _Prefix(nn.Module):
+    "The frozen prefix of a partly frozen image tower (one with `prefix`, e.g. `efficientnet-lite0-grid`), keyed by its weights."
+    def __init__(self, enc:nn.Module):
+        super().__init__(); self.enc = enc
+        w = hashlib.sha1(b''.join(q.detach().float().cpu().numpy().tobytes() for q in enc.stem.state_dict().values())).hexdigest()[:12]
+        self.spec = f"{getattr(enc, 'spec', type(enc).__name__)}/prefix-{w}"
+    def forward(self, x): return self.enc.prefix(x)
+
+def caches_prefix(model) -> bool:
+    "Whether `model`'s image tower is trained on top of a frozen, cacheable prefix."
+    return not model.frozen.get('image_enc') and hasattr(model.image_enc, 'prefix')
+def cache_image_features(model:DualEncoder, data:SplitData, cache_dir=None, batch_size:int=128,
+                         device=None) -> SplitData: # where the backbone runs (default: CUDA when there is one)
+    "Attach the frozen image backbone's (or frozen prefix's) cached outputs to `data` (computed once, then read from `cache_dir`)."
+    if isinstance(data.feats if isinstance(data, SplitData) else None, RegionFeatures): return data   # precomp: the features are the data
+    if isinstance(data, ShardData): raise ItrError("a frozen image backbone caches features per image of a split; streamed shards have none (train the tower, or use a Karpathy file)")
+    enc = _Prefix(model.image_enc) if caches_prefix(model) else model.image_enc   # a partly frozen tower: its frozen prefix's outputs
+    src = Path(data.source) if data.source else None
+    key = dict(dataset=file_identity(src) if src and src.is_file() else data.source or None, split=data.split.name,
+               image_size=data.images.shape[-1], preprocess=data.preprocess.key() if data.preprocess else None)
+    name = f"{(src.parent.name if src else '')}-{data.split.name}-{hashlib.sha1(enc.spec.encode()).hexdigest()[:8]}-{data.n_images}.safetensors"
+    was = next(enc.parameters()).device
+    try: data.feats = cached_features(_FromUint8(enc), key, data.images, Path(cache_dir or data_root()/'cache')/name, batch_size=batch_size,
+                                      device=get_device(device or 'auto'), desc=f'caching {data.split.name} image features')
+    finally: enc.to(was); model.train(model.training)   # the model's own modes again (a frozen backbone stays in eval)
+    return data
+def split_identity(data, dataset) -> dict:
+    "What identifies a split's content: the dataset file, the split name and a hash of its image paths and captions."
+    h = hashlib.sha1()
+    for s in (*map(str, data.split.image_paths), '\x00', *data.split.captions): h.update(s.encode() + b'\n')
+    return dict(dataset=file_identity(dataset), split=data.split.name, n_images=data.n_images,
+                n_captions=data.n_captions, content=h.hexdigest())
+

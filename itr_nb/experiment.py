@@ -15,16 +15,20 @@ from .core import ItrError, atomic_write, save_json, load_json, project_root, ru
 # %% auto #0
 __all__ = ['HEADLINE', 'find_template', 'template_params', 'check_params', 'parse_params', 'run_dir_name', 'default_run_dir',
            'run_template', 'is_recipe', 'load_recipe', 'resolve_run', 'load_sweep', 'sweep_runs', 'summarise',
-           'run_sweep', 'run_arguments', 'run_command', 'sweep_arguments', 'sweep_command', 'load_main', 'main_summary',
-           'main_arguments', 'main_command']
+           'run_sweep', 'sweep_dir', 'sweep_hint', 'sweep_table', 'sweep_results', 'plot_sweep', 'run_arguments',
+           'run_command', 'sweep_arguments', 'sweep_command', 'load_main', 'main_summary', 'main_arguments',
+           'main_command']
 
 # %% ../nbs/07_experiment.ipynb #2ca0239e
 def find_template(name) -> Path:
-    "A template path, or a bare name looked up in `<project>/experiments/`."
-    p = Path(name)
-    for c in [p, p.with_suffix('.ipynb'), project_root()/'experiments'/p.with_suffix('.ipynb').name]:
+    "A template path, or a bare name looked up in `<project>/experiments/` (a clone's: the package ships no templates)."
+    p, exp = Path(name), project_root()/'experiments'
+    for c in [p, p.with_suffix('.ipynb'), exp/p.with_suffix('.ipynb').name]:
         if c.is_file(): return c.resolve()
-    raise ItrError(f"template not found: {name} (looked in . and {project_root()/'experiments'})")
+    if not exp.is_dir():
+        raise ItrError(f"template not found: {name}, and there is no experiments/ folder under {project_root()}: the templates "
+                       "come with a clone of the workbook, not with the installed package; run itr-nb from the clone, or give a template's path")
+    raise ItrError(f"template not found: {name} (looked in . and {exp})")
 
 def template_params(template) -> dict:
     "The parameters a template declares: {name: {'default', 'inferred_type_name', 'help'}} (papermill's inspection)."
@@ -154,11 +158,12 @@ def sweep_runs(spec:dict) -> list:
 def summarise(runs:list, grid_keys:list, out_dir=None, metrics:list|None=None):
     "Mean and std over seeds per grid point of each run's metrics.json; writes summary.csv/.md/.png to `out_dir`."
     import pandas as pd
-    rows = []
+    rows, own = [], lambda k: f'{k}_run' if k in grid_keys else k   # a metric named like a grid key (TTD's chosen theta)
     for params, status in runs:
         m = load_json(Path(status['out_dir'])/'metrics.json') if status.get('status') == 'ok' and (Path(status['out_dir'])/'metrics.json').exists() else {}
         rows.append({**{k: str(params.get(k)) for k in grid_keys}, 'seed': params.get('seed'), 'status': status.get('status'),
-                     **{k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+                     **{own(k): v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+    metrics = None if metrics is None else [own(k) for k in metrics]
     df = pd.DataFrame(rows)
     num = [c for c in df.columns if c not in (*grid_keys, 'seed', 'status') and (metrics is None or c in metrics)]
     ok = df[df.status == 'ok']
@@ -179,8 +184,8 @@ def _has_tabulate():
     try: import tabulate; return True
     except ImportError: return False
 
-def _plot_summary(agg, cols, path, max_cols:int=8):
-    "Bars of mean ± std per grid point for up to `max_cols` metrics."
+def _bars(agg, cols, max_cols:int=8):
+    "A figure of bars, mean ± std per grid point, for up to `max_cols` of the metrics `cols` of `agg` [(metric, mean|std)]."
     import matplotlib.pyplot as plt
     cols = [c for c in cols if 'secs' not in c][:max_cols] or cols[:max_cols]
     fig, axes = plt.subplots(1, len(cols), figsize=(2.6 * len(cols), 3.2), squeeze=False)
@@ -189,6 +194,12 @@ def _plot_summary(agg, cols, path, max_cols:int=8):
         ax.bar(range(len(labels)), agg[(c, 'mean')], yerr=agg[(c, 'std')].fillna(0), capsize=3, color='C0')
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha='right', fontsize=7); ax.set_title(c, fontsize=9)
     fig.tight_layout()
+    return fig
+
+def _plot_summary(agg, cols, path, max_cols:int=8):
+    "Bars of mean ± std per grid point for up to `max_cols` metrics, saved to `path`."
+    import matplotlib.pyplot as plt
+    fig = _bars(agg, cols, max_cols)
     with atomic_write(path, 'wb') as f: fig.savefig(f, format='png', dpi=110)
     plt.close(fig)
 
@@ -209,6 +220,84 @@ def run_sweep(path, progress:bool=True) -> tuple:
     df, table = summarise(runs, list(spec['grid']), out, spec.get('metrics'))
     print(table.to_string()); print(f"summary: {out/'summary.md'}")
     return df, table
+
+# %% ../nbs/07_experiment.ipynb #08c80f04
+def _runs_path(out:str) -> Path:
+    "A sweep file's `out`: absolute as given, `runs/...` under the runs folder, any other relative path under the project."
+    p = Path(out)
+    if p.is_absolute(): return p
+    if p.parts and p.parts[0] == 'runs': return runs_root().joinpath(*p.parts[1:])
+    return project_root()/p
+
+def sweep_dir(name) -> Path|None:
+    "The folder holding sweep `name`'s runs.csv (a folder, a sweep file, or a sweep name in experiments/), else None."
+    p = Path(name)
+    if p.is_dir(): return p if (p/'runs.csv').is_file() else None
+    f = p if is_recipe(p) else project_root()/'experiments'/f'{p.stem}.yaml'
+    cands = []
+    if f.is_file() and (out := parse_params(files=[f]).get('out')): cands.append(_runs_path(str(out)))
+    cands.append(runs_root()/p.stem)
+    return next((d for d in cands if (d/'runs.csv').is_file()), None)
+
+def sweep_hint(name) -> str:
+    "What to run when sweep `name` has no results yet."
+    f = Path(name) if is_recipe(name) else Path('experiments')/f'{Path(name).stem}.yaml'
+    return (f"no results yet for the sweep '{Path(name).stem}' (no runs.csv under {runs_root()}): run "
+            f"`itr-nb sweep {f}` from the project root, then run this cell again")
+
+def _arm(key, keys:list, labels:dict) -> str:
+    "The name of one arm: `labels[key]`, else 'k=v, ...' of its grid values."
+    key = key if isinstance(key, tuple) else (key,)
+    for k in (key, key[0] if len(key) == 1 else None):
+        if k is not None and k in labels: return labels[k]
+    return ', '.join(f'{k}={v}' for k, v in zip(keys, key)) if keys else 'all'
+
+def sweep_table(name, metrics:list|None=None, # metrics to keep (default: every numeric one)
+                by:list|None=None, # grid keys to group by (default: all of them; seeds are averaged over)
+                labels:dict|None=None): # {grid values (a tuple, or one value) as strings: arm name}
+    "Mean, std over seeds and number of seeds per arm of a sweep's finished runs (its runs.csv); None when it has not run."
+    import pandas as pd
+    d = sweep_dir(name)
+    if d is None: return None
+    f = d/'runs.csv'
+    df = pd.read_csv(f, dtype=str, keep_default_na=False)
+    if 'seed' not in df.columns or 'status' not in df.columns: raise ItrError(f"{f}: columns 'seed' and 'status' missing: not a sweep's runs table")
+    cols = list(df.columns); grid = cols[:cols.index('seed')]
+    by = grid if by is None else list(by)
+    if bad := [k for k in by if k not in grid]: raise ItrError(f"{f}: no grid key {bad} (the grid keys are {grid})")
+    have = cols[cols.index('status') + 1:]
+    metrics = have if metrics is None else list(metrics)
+    if bad := [m for m in metrics if m not in have]: raise ItrError(f"{f}: no metric {bad} in the runs (they have {', '.join(have)})")
+    ok = df[df.status == 'ok']
+    if not len(ok): return None
+    num = ok[metrics].apply(pd.to_numeric, errors='coerce')
+    g = num.groupby([ok[k] for k in by] if by else (lambda _: 'all'), sort=False)
+    agg = g.agg(['mean', 'std'])
+    agg[('seeds', '')] = g.size()
+    agg.index = [_arm(i, by, labels or {}) for i in agg.index]
+    return agg
+
+# %% ../nbs/07_experiment.ipynb #509ac21c
+def _fmt(mean:float, std:float, digits:int) -> str:
+    "mean ± std, or the mean alone when there is no spread to show (one seed)."
+    return f"{mean:.{digits}f}" if np.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+def sweep_results(name, metrics:list|None=None, by:list|None=None, labels:dict|None=None, digits:int=2,
+                  metrics_as_rows:bool=False): # one row per metric, one column per arm
+    "A sweep's table of mean ± std over seeds per arm, read from its runs; prints what to run and returns None without them."
+    import pandas as pd
+    agg = sweep_table(name, metrics, by, labels)
+    if agg is None: print(sweep_hint(name)); return None
+    ms = [m for m in dict.fromkeys(c for c, _ in agg.columns) if m != 'seeds']
+    out = pd.DataFrame({m: [_fmt(a, b, digits) for a, b in zip(agg[(m, 'mean')], agg[(m, 'std')])] for m in ms}, index=agg.index)
+    out.insert(0, 'seeds', agg[('seeds', '')].astype(int))
+    return out.T if metrics_as_rows else out
+
+def plot_sweep(name, metrics:list|None=None, by:list|None=None, labels:dict|None=None, max_cols:int=8):
+    "Bars of mean ± std over seeds per arm of a sweep's metrics; prints what to run and returns None without runs."
+    agg = sweep_table(name, metrics, by, labels)
+    if agg is None: print(sweep_hint(name)); return None
+    return _bars(agg, [m for m in dict.fromkeys(c for c, _ in agg.columns) if m != 'seeds'], max_cols)
 
 # %% ../nbs/07_experiment.ipynb #d8280f0e
 def run_arguments(p:argparse.ArgumentParser):

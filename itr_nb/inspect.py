@@ -11,10 +11,10 @@ import html, io, textwrap
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
 import ipywidgets as widgets
 from torch import Tensor
-from .core import ItrError
+from .core import ItrError, eval_mode
 from .cusa import soft_labels
 from .retrieval import SplitData
-from .ttd import TagTruth, encode_dense, similarity_maps, embed_tags, pixel_scores, minmax_tags, select_tags, normalise_maps
+from .ttd import TagTruth, encode_dense, similarity_maps, embed_tags, pixel_scores, minmax_tags, select_tags, normalise_maps, caption_maps
 
 # %% auto #0
 __all__ = ['PAIRS', 'KINDS', 'fig_png', 'image_png', 'soft_label_matrices', 'batch_soft_labels', 'soft_label_neighbours',
@@ -71,9 +71,7 @@ def batch_soft_labels(model, # a `DualEncoder`
         tau_c, tau_ui, tau_ut = float(objective.tau_c()), float(objective.tau_ui()), float(objective.tau_ut())
     else: tau_ui = tau_ut = tau_u
     if img_feats is None or txt_feats is None: raise ItrError("soft labels need image and text teacher features (or a CUSAObjective)")
-    was = model.training; model.eval()
-    try: out = model(batch['images'], batch['captions'])
-    finally: model.train(was)
+    with eval_mode(model): out = model(batch['images'], batch['captions'])
     i, c = torch.as_tensor(batch['img_idx']), torch.as_tensor(batch['cap_idx'])
     m = soft_label_matrices(out['x'], out['y'], out['x_uni'], out['y_uni'], img_feats[i.to(img_feats.device)],
                             txt_feats[c.to(txt_feats.device)], tau_t, tau_c, tau_ui, tau_ut)
@@ -343,32 +341,13 @@ class FalseNegativeBrowser(widgets.VBox):
         self.cards.children = cards
 
 # %% ../nbs/12_inspect.ipynb #262c8f26
-@torch.no_grad()
 def tag_mask_data(model, # a `DualEncoder` with dense features
                   data:SplitData, truth:TagTruth, # the split and its tag truth (`itr_nb.ttd.load_tag_truth`)
                   caption:int, # caption index in the split
                   theta:float=0.5, # selection threshold on the normalised pixel score
                   argmax_only:bool=False) -> dict: # pixel score only over the pixels a tag wins
     "Image, caption map and mask, and per candidate tag: normalised score, selected, true, map and true mask (maps at the mask resolution)."
-    was = model.training; model.eval()
-    try:
-        i = int(data.split.txt2img[caption]); dev = next(model.parameters()).device
-        r = encode_dense(model, (data.images[i:i + 1].float() / 255).to(dev))
-        tags = list(truth.tags[caption]); S = truth.masks.shape[-1]
-        E = embed_tags(model, tags).to(r['dense'].device)
-        A = similarity_maps(r['dense'], E[None])                                   # [1,T,h,w]
-        v = torch.ones(1, len(tags), dtype=torch.bool, device=A.device)
-        score = minmax_tags(pixel_scores(A, v, argmax_only).cpu(), v.cpu())[0]
-        cap = model.encode_text([data.split.captions[caption]])['y']
-        lab = truth.masks[i].numpy()
-        return dict(caption_index=caption, image_index=i, image=_hwc(data.images[i]), caption=data.split.captions[caption],
-                    cap_map=normalise_maps(similarity_maps(r['dense'], cap, S))[0].cpu().numpy(),
-                    cap_mask=np.isin(lab, [k + 1 for k in truth.cap_objects[caption]]),
-                    tags=tags, score=score.numpy(), selected=(score >= theta).numpy(), theta=theta,
-                    true=np.array([bool(o) for o in truth.objects[caption]]),
-                    tag_maps=normalise_maps(similarity_maps(r['dense'], E[None], S))[0].cpu().numpy(),
-                    tag_masks=np.stack([np.isin(lab, [k + 1 for k in o]) for o in truth.objects[caption]]) if tags else np.zeros((0, S, S), bool))
-    finally: model.train(was)
+    return caption_maps(model, data, truth, caption, theta, argmax_only) | dict(caption_index=caption, theta=theta)
 
 def retheta(d:dict, theta:float) -> dict:
     "`tag_mask_data`'s output with the selection redone at `theta` (no model needed)."

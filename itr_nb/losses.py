@@ -1,5 +1,5 @@
-"""The contrastive baseline: InfoNCE with several positives per query, a learnable clamped temperature, and
-negatives gathered across processes.
+"""The contrastive baseline: InfoNCE with several positives per query, a learnable clamped temperature, negatives
+gathered across processes, and the baseline objective.
 
 Docs: https://itr-nb.github.io/itr_nb/losses.html.md"""
 
@@ -11,7 +11,8 @@ import torch, torch.nn as nn, torch.distributed as dist
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['positives', 'info_nce', 'Temperature', 'clamp_temperatures_', 'gather_batch', 'ContrastiveLoss']
+__all__ = ['positives', 'info_nce', 'Temperature', 'clamp_temperatures_', 'gather_batch', 'ContrastiveLoss',
+           'ContrastiveObjective']
 
 # %% ../nbs/05_losses.ipynb #dfdbc921
 def positives(img_ids:Tensor) -> Tensor:
@@ -23,7 +24,7 @@ def info_nce(x:Tensor, # image embeddings [N,D], L2-normalised
              img_ids:Tensor, # [N] image identity of each pair
              tau, # temperature (float or 0-dim tensor)
              scale_by_batch:bool=False) -> Tensor: # also divide by N (CUSA's official scaling)
-    "Multi-positive InfoNCE over both directions (METHODS.md eq. L_con)."
+    "Multi-positive InfoNCE over both directions (methods eq. (1.3))."
     s = x @ y.T / tau                           # S_ij / tau
     pos = positives(img_ids).to(s.dtype)
     i2t = -(pos / pos.sum(1, keepdim=True) * s.log_softmax(1)).sum(1).mean()  # CE(softmax_j, P_i.)
@@ -81,3 +82,15 @@ class ContrastiveLoss(nn.Module):
     def forward(self, x:Tensor, y:Tensor, img_ids:Tensor) -> Tensor:
         if self.gather_negatives: x, y, img_ids = gather_batch(x), gather_batch(y), gather_batch(img_ids)
         return info_nce(x, y, img_ids, self.temperature(), self.scale_by_batch)
+
+# %% ../nbs/05_losses.ipynb #961e60e3
+class ContrastiveObjective(nn.Module):
+    "The baseline: multi-positive InfoNCE on the cross-modal heads (methods eq. (1.3))."
+    def __init__(self, **kw): super().__init__(); self.con = ContrastiveLoss(**kw)
+    @property
+    def gather_negatives(self) -> bool: return self.con.gather_negatives   # negatives from every process (torchrun)
+    @gather_negatives.setter
+    def gather_negatives(self, v:bool): self.con.gather_negatives = v
+    def forward(self, model, batch) -> dict:
+        out = model(batch['images'], batch['captions'])
+        return dict(loss=self.con(out['x'], out['y'], batch['img_idx']))

@@ -1,6 +1,5 @@
-"""The dual-encoder experiment in functions: the image preprocessing a tower expects, the contrastive objective,
-embedding a split and evaluating it, frozen-backbone features and training. Templates and methods (CUSA, TGDT,
-TTD) build on these.
+"""The dual-encoder experiment in functions: the image preprocessing a tower expects, a run's splits, embedding a split
+and evaluating it, and training a dual encoder. Templates and methods (CUSA, TGDT, TTD) build on these.
 
 Docs: https://itr-nb.github.io/itr_nb/retrieval.html.md"""
 
@@ -13,18 +12,20 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np, torch
 from torch import nn
-from .core import ItrError, load_json, seed_everything, get_device, data_root
-from .data import Preprocess
+from .core import ItrError, load_json, seed_everything, get_device, eval_mode, data_root
+from .data import Preprocess, length_order
 from .shards import ShardData
 from .precomp import RegionFeatures
 from .splits import SplitData, load_split, load_splits, pair_batches, steps_per_epoch, epoch_captions   # re-exported: they lived here
-from .encoders import image_encoder, text_encoder, DualEncoder, EncoderOutput, local_path, clip_tower_config, cache_text_features
-from .losses import ContrastiveLoss
-from .metrics import evaluate
+from .encoders import (image_encoder, text_encoder, DualEncoder, EncoderOutput, local_path, clip_tower_config,
+                             ModelConfig, image_encoder_for, build_model, cache_image_features, caches_prefix, cache_text_features)   # re-exported: they lived here
+from .losses import ContrastiveLoss, ContrastiveObjective   # re-exported: it lived here
+from .metrics import evaluate, unimodal_metrics
+from .synth import ensure_benchmark
+from .train import ddp_setup, train_pairs
 
 # %% auto #0
-__all__ = ['STUDENT', 'tower_preprocess', 'image_preprocess', 'ModelConfig', 'image_encoder_for', 'build_model',
-           'ContrastiveObjective', 'embed_split', 'evaluate_split', 'caches_prefix', 'cache_image_features',
+__all__ = ['STUDENT', 'tower_preprocess', 'image_preprocess', 'run_splits', 'embed_split', 'evaluate_split', 'cross_unimodal',
            'train_retrieval', 'PretrainConfig', 'load_model', 'pretrain_student', 'init_model', 'query_split',
            'pretrain_arguments', 'pretrain_command']
 
@@ -83,44 +84,14 @@ def image_preprocess(image_encoder:str='small-cnn', # the template's image tower
     else: short = size
     return Preprocess(size, mode, 0 if short == size else short, t['crop_offset'], t['interpolation'], draft)
 
-# %% ../nbs/08_retrieval.ipynb #24fc3498
-@dataclass
-class ModelConfig:
-    "What the dual encoder is made of."
-    image_encoder: str = 'small-cnn'       # small-cnn | efficientnet-lite0 | efficientnet-lite0-grid | timm:<name> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint> | precomp | precomp:<layers>
-    text_encoder: str = 'small-transformer'  # small-transformer | minilm | hf:<path> | clip:<path> | open_clip:<folder> | open_clip:<arch>:<checkpoint>
-    dim: int = 128                          # joint embedding size
-    freeze_image: bool = False
-    freeze_text: bool = False
-    proj: bool = True                       # a Linear to `dim` before the heads; False: heads on the backbone embeddings (CUSA's official layout)
-
-def image_encoder_for(spec:str, data=None, **kw) -> nn.Module:
-    "`image_encoder(spec)`; 'precomp' (and 'precomp:<layers>') takes its width, geometry and region count from `data`'s region features."
-    pre = isinstance(getattr(data, 'feats', None), RegionFeatures)
-    if spec.partition(':')[0] == 'precomp':
-        if not pre: raise ItrError(f"image encoder {spec!r} reads precomputed region features, but the training split is not a precomp folder (dataset='precomp:DIR')")
-        f = data.feats
-        return image_encoder(spec, dim=f.dim, geometry=f.geometry_dim, n_tokens=f.n_regions, **kw)
-    if pre: raise ItrError(f"the dataset is a precomp folder (region features, no images): use image_encoder='precomp' (or 'precomp:<layers>'), not {spec!r}")
-    return image_encoder(spec, **kw)
-
-def build_model(cfg:ModelConfig, seed:int=0,
-                data=None) -> DualEncoder: # the training split (a precomp split sizes the 'precomp' encoder)
-    "The dual encoder of `cfg`, initialised from `seed`."
-    seed_everything(seed)
-    return DualEncoder(image_encoder_for(cfg.image_encoder, data), text_encoder(cfg.text_encoder), cfg.dim,
-                       freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text, proj=cfg.proj)
-
-class ContrastiveObjective(nn.Module):
-    "The baseline: multi-positive InfoNCE on the cross-modal heads (METHODS.md section 1)."
-    def __init__(self, **kw): super().__init__(); self.con = ContrastiveLoss(**kw)
-    @property
-    def gather_negatives(self) -> bool: return self.con.gather_negatives   # negatives from every process (torchrun)
-    @gather_negatives.setter
-    def gather_negatives(self, v:bool): self.con.gather_negatives = v
-    def forward(self, model, batch) -> dict:
-        out = model(batch['images'], batch['captions'])
-        return dict(loss=self.con(out['x'], out['y'], batch['img_idx']))
+# %% ../nbs/08_retrieval.ipynb #1cc20664
+def run_splits(dataset:str='', # Karpathy JSON, shard pattern or precomp:DIR ('': the embedded benchmark, built if missing)
+               image_encoder:str='small-cnn', image_size:int=0, resize:str='auto', # see `image_preprocess`
+               image_root:str='', eval_dataset:str='', limit_train:int=0, limit_eval:int=0, workers:int=0) -> tuple: # see `load_splits`
+    "(dataset, preprocess, (train, val, test)) of a run, as the templates load them."
+    ds = dataset or str(ensure_benchmark()/'dataset.json')
+    pre = image_preprocess(image_encoder, image_size, resize)
+    return ds, pre, load_splits(ds, pre, image_root, eval_dataset, limit_train, limit_eval, workers)
 
 # %% ../nbs/08_retrieval.ipynb #a6c47111
 @torch.no_grad()
@@ -128,19 +99,17 @@ def embed_split(model:DualEncoder, data:SplitData, batch_size:int=256, device=No
     "x, x_uni for every image and y, y_uni for every caption of `data` (float32, CPU)."
     image_feats = data.feats
     dev = device or next(model.parameters()).device
-    was = model.training; model.eval()
     out = {k: [] for k in ('x', 'x_uni', 'y', 'y_uni')}
-    for b in range(0, data.n_images, batch_size):
-        i = torch.arange(b, min(b + batch_size, data.n_images))
-        imgs = image_feats.take(i).to(dev) if image_feats is not None else data.images[i].float().div_(255).to(dev)
-        r = model.encode_image(imgs); out['x'].append(r['x'].float().cpu()); out['x_uni'].append(r['x_uni'].float().cpu())
-    order = np.argsort([len(c) for c in data.split.captions], kind='stable')   # similar lengths pad less
+    order, inv = length_order(data.split.captions)   # similar lengths pad less
     ys, yus = [], []
-    for b in range(0, data.n_captions, batch_size):
-        r = model.encode_text([data.split.captions[j] for j in order[b:b + batch_size]]); ys.append(r['y'].float().cpu()); yus.append(r['y_uni'].float().cpu())
-    inv = torch.as_tensor(np.argsort(order))
+    with eval_mode(model):
+        for b in range(0, data.n_images, batch_size):
+            i = torch.arange(b, min(b + batch_size, data.n_images))
+            imgs = image_feats.take(i).to(dev) if image_feats is not None else data.images[i].float().div_(255).to(dev)
+            r = model.encode_image(imgs); out['x'].append(r['x'].float().cpu()); out['x_uni'].append(r['x_uni'].float().cpu())
+        for b in range(0, data.n_captions, batch_size):
+            r = model.encode_text([data.split.captions[j] for j in order[b:b + batch_size]]); ys.append(r['y'].float().cpu()); yus.append(r['y_uni'].float().cpu())
     out['y'], out['y_uni'] = [torch.cat(ys)[inv]], [torch.cat(yus)[inv]]
-    model.train(was)
     return {k: torch.cat(v) for k, v in out.items()}
 
 def evaluate_split(model:DualEncoder, data:SplitData, uni:bool=True, **kw) -> dict:
@@ -151,41 +120,11 @@ def evaluate_split(model:DualEncoder, data:SplitData, uni:bool=True, **kw) -> di
                     img_sim=e['x_uni'] @ e['x_uni'].T if uni and 'i2i' in rel else None,
                     txt_sim=e['y_uni'] @ e['y_uni'].T if uni and 't2t' in rel else None)
 
-# %% ../nbs/08_retrieval.ipynb #a4fd4258
-class _FromUint8(nn.Module):
-    "An image encoder fed uint8 images (as the image cache holds them), which it sees as float in [0, 1]."
-    def __init__(self, enc:nn.Module): super().__init__(); self.enc, self.spec = enc, getattr(enc, 'spec', None)
-    def forward(self, x): return self.enc(x.float().div_(255) if x.dtype == torch.uint8 else x)
-
-class _Prefix(nn.Module):
-    "The frozen prefix of a partly frozen image tower (one with `prefix`, e.g. `efficientnet-lite0-grid`), keyed by its weights."
-    def __init__(self, enc:nn.Module):
-        super().__init__(); self.enc = enc
-        w = hashlib.sha1(b''.join(q.detach().float().cpu().numpy().tobytes() for q in enc.stem.state_dict().values())).hexdigest()[:12]
-        self.spec = f"{getattr(enc, 'spec', type(enc).__name__)}/prefix-{w}"
-    def forward(self, x): return self.enc.prefix(x)
-
-def caches_prefix(model) -> bool:
-    "Whether `model`'s image tower is trained on top of a frozen, cacheable prefix."
-    return not model.frozen.get('image_enc') and hasattr(model.image_enc, 'prefix')
-
-def cache_image_features(model:DualEncoder, data:SplitData, cache_dir=None, batch_size:int=128,
-                         device=None) -> SplitData: # where the backbone runs (default: CUDA when there is one)
-    "Attach the frozen image backbone's (or frozen prefix's) cached outputs to `data` (computed once, then read from `cache_dir`)."
-    from itr_nb.core import data_root
-    from itr_nb.encoders import cached_features, file_identity
-    if isinstance(data.feats if isinstance(data, SplitData) else None, RegionFeatures): return data   # precomp: the features are the data
-    if isinstance(data, ShardData): raise ItrError("a frozen image backbone caches features per image of a split; streamed shards have none (train the tower, or use a Karpathy file)")
-    enc = _Prefix(model.image_enc) if caches_prefix(model) else model.image_enc   # a partly frozen tower: its frozen prefix's outputs
-    src = Path(data.source) if data.source else None
-    key = dict(dataset=file_identity(src) if src and src.is_file() else data.source or None, split=data.split.name,
-               image_size=data.images.shape[-1], preprocess=data.preprocess.key() if data.preprocess else None)
-    name = f"{(src.parent.name if src else '')}-{data.split.name}-{hashlib.sha1(enc.spec.encode()).hexdigest()[:8]}-{data.n_images}.safetensors"
-    was = next(enc.parameters()).device
-    try: data.feats = cached_features(_FromUint8(enc), key, data.images, Path(cache_dir or data_root()/'cache')/name, batch_size=batch_size,
-                                      device=get_device(device or 'auto'), desc=f'caching {data.split.name} image features')
-    finally: enc.to(was); model.image_enc.train(model.training)
-    return data
+# %% ../nbs/08_retrieval.ipynb #733658a9
+def cross_unimodal(model:DualEncoder, data:SplitData) -> dict:
+    "Image-image and text-text R@1 and mAP@R from the cross-modal heads (`cross_i2i_*`, `cross_t2t_*`); the split needs relevance."
+    e = embed_split(model, data)
+    return unimodal_metrics(e['x'] @ e['x'].T, data.rel['i2i'], 'cross_i2i') | unimodal_metrics(e['y'] @ e['y'].T, data.rel['t2t'], 'cross_t2t')
 
 # %% ../nbs/08_retrieval.ipynb #fd891d1d
 def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train_cfg, objective:nn.Module|None=None,
@@ -195,9 +134,8 @@ def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train
                     batch_fn=None, # batch_fn(batch, epoch) -> batch, applied to every training batch (e.g. a text augmentation)
                     workers:int=0, # DataLoader worker processes for the training batches
                     augment:str='none'): # 'none' | 'crop' | 'crop+flip' (see `itr_nb.data.augment_image`)
-    "Train a dual encoder on `train`, choosing the best epoch on `val`; returns (model, objective, history)."
-    from itr_nb.train import fit, load_best, ddp_setup
-    rank, world = ddp_setup(train_cfg.device)   # under torchrun: this rank's share of every global batch (see `itr_nb.distributed`)
+    "Build (unless given) and train a dual encoder on `train` through `itr_nb.train.train_pairs`, validating retrieval on `val`; returns (model, objective, history)."
+    ddp_setup(train_cfg.device)   # join torchrun's process group (if any) before building the model, as `train_pairs` would
     model = model or build_model(model_cfg, train_cfg.seed, train)
     model_config = model_config or asdict(model_cfg)
     dev = get_device(train_cfg.device)
@@ -206,14 +144,10 @@ def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train
     if model.frozen.get('text_enc') and isinstance(model, DualEncoder):   # global text embeddings suffice (TGDT needs the tokens)
         cache_text_features(model, train.split.captions + val.split.captions, cache_dir or data_root()/'cache', device=dev)
     objective = objective or ContrastiveObjective()
-    def batches(ep):
-        it = pair_batches(train, batch_size, ep, train_cfg.seed, per_caption, workers=workers, augment=augment, device=dev, rank=rank, world=world)
-        return it if batch_fn is None else (batch_fn(b, ep) for b in it)
     # Departure (stated, issue 17): the best epoch is chosen on `val`; CUSA's official code chooses its checkpoint on the
     # test split. No option restores that (it would tune on the test set).
-    hist = fit(model, objective, batches, steps_per_epoch(train, batch_size, per_caption),
-               lambda m: evaluate_split(m, val, uni=False), train_cfg, out_dir, model_config, progress, resume=resume)
-    load_best(out_dir, dict(model=model, loss=objective), model_config)
+    hist = train_pairs(model, objective, train, lambda m: evaluate_split(m, val, uni=False), train_cfg, batch_size, per_caption,
+                       out_dir, model_config, progress, resume, batch_fn, workers, augment, device=dev)
     return model, objective, hist
 
 # %% ../nbs/08_retrieval.ipynb #st18d001

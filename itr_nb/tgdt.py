@@ -1,6 +1,6 @@
 """TGDT (Liu et al., IEEE TIP 2023): one token-guided transformer per modality gives a global embedding and token
 embeddings; the CMC loss trains both; two-stage inference ranks by global vectors and re-ranks the top K with
-local token matching (METHODS.md section 3).
+local token matching (methods §3).
 
 Docs: https://itr-nb.github.io/itr_nb/tgdt.html.md"""
 
@@ -11,15 +11,16 @@ from __future__ import annotations
 import math, time
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from .core import ItrError
+from .core import ItrError, eval_mode
+from .data import length_order
 from .encoders import EncoderOutput, FrozenBackbones
 from .metrics import evaluate
 from .losses import gather_batch
 
 # %% auto #0
-__all__ = ['ARCHS', 'TokenTransformer', 'image_token_count', 'TGDT', 'local_sim', 'triplet_hardest', 'intra_consistency',
-           'TGDTObjective', 'embed_tokens', 'pair_local_sim', 'candidate_local_sim', 'two_stage', 'ranking_scores',
-           'split_metrics', 'evaluate_tgdt', 'plot_k_curve']
+__all__ = ['ARCHS', 'TGDT_COLUMNS', 'TGDT_WAYS', 'TokenTransformer', 'image_token_count', 'TGDT', 'local_sim', 'triplet_hardest',
+           'intra_consistency', 'TGDTObjective', 'embed_tokens', 'pair_local_sim', 'candidate_local_sim', 'two_stage',
+           'ranking_scores', 'split_metrics', 'evaluate_tgdt', 'plot_k_curve', 'tgdt_table']
 
 # %% ../nbs/10_tgdt.ipynb #81ac6909
 class TokenTransformer(nn.Module):
@@ -66,9 +67,8 @@ def image_token_count(enc:nn.Module, # an image encoder
     if isinstance(getattr(enc, 'n_tokens', None), int): return enc.n_tokens
     size = image_size or (enc.preprocess_cfg()['size'] if hasattr(enc, 'preprocess_cfg') else None)
     if not size: raise ItrError(f"{getattr(enc, 'spec', type(enc).__name__)} takes any image size: give TGDT image_size= (the run's) or img_positions=")
-    p = next(enc.parameters(), None); was = enc.training
-    with torch.no_grad(): o = enc.eval()(torch.zeros(1, 3, size, size, device=None if p is None else p.device))
-    enc.train(was)
+    p = next(enc.parameters(), None)
+    with torch.no_grad(), eval_mode(enc): o = enc(torch.zeros(1, 3, size, size, device=None if p is None else p.device))
     if o.tokens is None: raise ItrError(f"TGDT needs token features, but the image encoder {getattr(enc, 'spec', '')} gave none")
     return o.tokens.shape[1]
 
@@ -132,9 +132,9 @@ def local_sim(v:Tensor, # region embeddings [N,R,d], unit norm
               t:Tensor, # word embeddings [M,W,d], unit norm
               tm:Tensor|None, # word mask [M,W] (None: all valid)
               lambda_l:float=1.0, # scale of the local term
-              reduce:str='mean', # 'mean' over words (METHODS.md decision) or 'sum' (official, with lambda_l=10)
+              reduce:str='mean', # 'mean' over words (methods D3, X3) or 'sum' (official, with lambda_l=10)
               block_mb:int=256) -> Tensor: # memory of one block's region-word scores
-    "s_l [N,M]: lambda_l * mean (or sum) over words of the max over regions of <v_r, t_w> (METHODS.md section 3)."
+    "s_l [N,M]: lambda_l * mean (or sum) over words of the max over regions of <v_r, t_w> (methods eq. (3.3))."
     _check_reduce(reduce)
     N, R, d = v.shape; M, W, _ = t.shape
     vm = torch.ones(N, R, dtype=torch.bool, device=v.device) if vm is None else vm.bool()
@@ -157,7 +157,7 @@ def triplet_hardest(S:Tensor, # images x captions scores of the batch's pairs [N
                     img_ids:Tensor|None=None, # [N] image of each pair; same-image pairs are not negatives
                     margin:float=0.2,
                     hardest:bool=True) -> Tensor: # False: sum over all negatives instead of the hardest (VSE0, for warm-up)
-    "L_tri(S) = sum_i max_{j neg} [m + S_ij - S_ii]_+ + sum_j max_{i neg} [m + S_ij - S_jj]_+ (VSE++, METHODS.md section 3)."
+    "L_tri(S) = sum_i max_{j neg} [m + S_ij - S_ii]_+ + sum_j max_{i neg} [m + S_ij - S_jj]_+ (VSE++, methods eq. (3.4))."
     n = len(S); ids = torch.arange(n, device=S.device) if img_ids is None else img_ids.to(S.device)
     pos, d = ids[:, None] == ids[None, :], S.diagonal()
     if not hardest:   # every negative's hinge, both directions
@@ -170,7 +170,7 @@ def triplet_hardest(S:Tensor, # images x captions scores of the batch's pairs [N
 def intra_consistency(x:Tensor, # global image embeddings of the batch [N,d], unit norm
                       y:Tensor, # global caption embeddings [N,d]; y[j] pairs with x[j]
                       margin:float=0.3) -> Tensor: # m_c
-    "L_intra = sum_j [max_i |(G_T G_T^T)_ij - (G_I G_I^T)_ij| - m_c]_+ (METHODS.md section 3)."
+    "L_intra = sum_j [max_i |(G_T G_T^T)_ij - (G_I G_I^T)_ij| - m_c]_+ (methods eq. (3.5))."
     return ((y @ y.T - x @ x.T).abs().amax(0) - margin).clamp_min(0).sum()
 
 # %% ../nbs/10_tgdt.ipynb #9307ff1c
@@ -212,20 +212,19 @@ def embed_tokens(model:TGDT, data, batch_size:int=256, image_feats:EncoderOutput
                  device=None) -> dict: # where the model runs and the embeddings stay (None: the model's device)
     "Global and token embeddings of every image and caption of `data` (float32, on `device`), in the split's order."
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(dev); was = model.training; model.eval(); t0 = _clock(dev)
-    xs, vs, vms = [], [], []
-    for b in range(0, data.n_images, batch_size):
-        i = torch.arange(b, min(b + batch_size, data.n_images))
-        imgs = image_feats.take(i).to(dev) if image_feats is not None else data.images[i].to(dev).float().div_(255)
-        r = model.encode_image(imgs); xs.append(r['x']); vs.append(r['img_tokens']); vms.append(r['img_mask'])
-    order = np.argsort([len(c) for c in data.split.captions], kind='stable')   # similar lengths pad less
-    ys, ts, tms = [], [], []
-    for b in range(0, data.n_captions, batch_size):
-        r = model.encode_text([data.split.captions[j] for j in order[b:b + batch_size]])
-        ys.append(r['y']); ts.append(r['txt_tokens']); tms.append(r['txt_mask'])
+    model.to(dev); t0 = _clock(dev)
+    xs, vs, vms, ys, ts, tms = [], [], [], [], [], []
+    order, inv = length_order(data.split.captions)   # similar lengths pad less
+    with eval_mode(model):
+        for b in range(0, data.n_images, batch_size):
+            i = torch.arange(b, min(b + batch_size, data.n_images))
+            imgs = image_feats.take(i).to(dev) if image_feats is not None else data.images[i].to(dev).float().div_(255)
+            r = model.encode_image(imgs); xs.append(r['x']); vs.append(r['img_tokens']); vms.append(r['img_mask'])
+        for b in range(0, data.n_captions, batch_size):
+            r = model.encode_text([data.split.captions[j] for j in order[b:b + batch_size]])
+            ys.append(r['y']); ts.append(r['txt_tokens']); tms.append(r['txt_mask'])
     pad = lambda xs, L: torch.cat([F.pad(a, (0, 0, 0, L - a.shape[1]) if a.ndim == 3 else (0, L - a.shape[1])) for a in xs])
-    inv = torch.as_tensor(np.argsort(order), device=dev); W = max(a.shape[1] for a in ts); R = max(a.shape[1] for a in vs)
-    model.train(was)
+    inv = inv.to(dev); W = max(a.shape[1] for a in ts); R = max(a.shape[1] for a in vs)
     out = dict(x=torch.cat(xs).float(), img_tokens=pad(vs, R).float(), img_mask=pad(vms, R).bool(),
                y=torch.cat(ys)[inv].float(), txt_tokens=pad(ts, W)[inv].float(), txt_mask=pad(tms, W)[inv].bool())
     return out | dict(secs=_clock(dev) - t0)
@@ -406,3 +405,13 @@ def plot_k_curve(res:dict, ks, path=None):
     if path:
         with atomic_write(path, 'wb') as f: fig.savefig(f, format='png', dpi=110)
     return fig
+
+# %% ../nbs/10_tgdt.ipynb #d2d24231
+TGDT_COLUMNS = ('i2t_R@1', 'i2t_R@5', 't2i_R@1', 't2i_R@5', 'rsum', 'ext_i2t_mAP@R', 'ext_t2i_mAP@R', 'secs')
+TGDT_WAYS = ('global', 'local', 'fused', 'two_stage')
+
+def tgdt_table(metrics:dict, cols=TGDT_COLUMNS, ways=TGDT_WAYS) -> str:
+    "A markdown table of `evaluate_tgdt`'s metrics: one row per way of retrieving (missing values NaN)."
+    cell = lambda w, c: f"{metrics[f'{w}_{c}']:.3f}" if c == 'secs' else f"{metrics.get(f'{w}_{c}', float('nan')):.2f}"
+    return ('| way | ' + ' | '.join(cols) + ' |\n|' + '---|' * (len(cols) + 1) + '\n'
+            + '\n'.join(f'| {w} | ' + ' | '.join(cell(w, c) for c in cols) + ' |' for w in ways))

@@ -18,11 +18,13 @@ from tqdm.auto import tqdm
 from safetensors.torch import save, load_file
 from .core import ItrError, atomic_write, save_json, load_json, seed_everything, get_device
 from .losses import clamp_temperatures_, ContrastiveLoss
+from .splits import pair_batches, steps_per_epoch
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'PRECISIONS', 'param_groups', 'cosine_schedule', 'step_schedule', 'make_optimizer', 'save_checkpoint',
            'load_checkpoint', 'save_train_state', 'load_train_state', 'init_from_env', 'rank_world', 'ddp_setup',
-           'shard_batch', 'wrap_ddp', 'gather_negatives_', 'TrainConfig', 'fit', 'load_best', 'plot_history']
+           'shard_batch', 'wrap_ddp', 'gather_negatives_', 'TrainConfig', 'fit', 'load_best', 'plot_history',
+           'train_pairs']
 
 # %% ../nbs/06_train.ipynb #b27f9257
 def param_groups(modules, weight_decay:float=1e-4):
@@ -378,3 +380,24 @@ def plot_history(history:list, path=None, keys=None):
     if path:
         with atomic_write(path, 'wb') as f: fig.savefig(f, format='png', dpi=110)
     return fig
+
+# %% ../nbs/06_train.ipynb #184080ec
+def train_pairs(model:nn.Module, objective:nn.Module, train, # the training split (a `SplitData` or webdataset shards)
+                validate, # validate(model) -> {metric: value}, every epoch
+                cfg:TrainConfig, batch_size:int=128, # the global batch (shared out under torchrun)
+                per_caption:bool=False, # an epoch visits every caption (True) or every image once
+                out_dir=None, model_config:dict|None=None, progress:bool=True,
+                resume:bool=False, # carry on from out_dir/last.safetensors (see `fit`)
+                batch_fn=None, # batch_fn(batch, epoch) -> batch, applied to every training batch
+                workers:int=0, # DataLoader worker processes for the training batches
+                augment:str='none', # 'none' | 'crop' | 'crop+flip'
+                device=None) -> list: # where the batches' images go (None: CPU, moved by `fit`)
+    "Fit `model` with `objective` on the pairs of `train`, choosing the best epoch on `cfg.select`, and load it back; returns the history."
+    rank, world = ddp_setup(cfg.device)   # under torchrun: this rank's share of every global batch
+    def batches(ep):
+        it = pair_batches(train, batch_size, ep, cfg.seed, per_caption, workers=workers, augment=augment, device=device, rank=rank, world=world)
+        return it if batch_fn is None else (batch_fn(b, ep) for b in it)
+    hist = fit(model, objective, batches, steps_per_epoch(train, batch_size, per_caption), validate, cfg, out_dir, model_config,
+               progress, resume=resume)
+    load_best(out_dir, dict(model=model, loss=objective), model_config)
+    return hist

@@ -1,5 +1,5 @@
 """Text-tag self-distillation (Jo et al., ECCV 2024): dense image-text maps, tag selection by pixel-tag scoring, and
-fine-tuning that pulls a caption's map toward the union of its selected tags' maps (METHODS.md section 4).
+fine-tuning that pulls a caption's map toward the union of its selected tags' maps (methods §4).
 
 Docs: https://itr-nb.github.io/itr_nb/ttd.html.md"""
 
@@ -13,19 +13,21 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from .core import ItrError, load_json, save_json, seed_everything
+from .core import ItrError, load_json, save_json, seed_everything, eval_mode
 from .data import preprocess_caption
 from .encoders import CLIPImage, DualEncoder, image_encoder, text_encoder
 from .losses import ContrastiveLoss, gather_batch
+from .train import train_pairs
 from .retrieval import SplitData, ModelConfig, pair_batches, steps_per_epoch, embed_split, evaluate_split
 
 # %% auto #0
 __all__ = ['STOP_WORDS', 'THETAS', 'THRESHOLDS', 'THETA', 'caption_tags', 'pad_tags', 'short_text_batch_fn', 'TagTruth',
            'caption_truth', 'load_tag_truth', 'encode_dense', 'similarity_maps', 'pixel_scores', 'image_scores',
            'minmax_tags', 'select_tags', 'selection_metrics', 'selection_auc', 'choose_theta', 'normalise_maps',
-           'mask_iou', 'embed_tags', 'dense_eval', 'dense_summary', 'ttd_targets', 'TTDObjective', 'add_lora',
-           'build_ttd_model', 'ttd_validate', 'train_ttd', 'example_maps', 'plot_examples', 'load_ttd_model',
-           'ttd_arguments', 'ttd_command']
+           'mask_iou', 'embed_tags', 'truth_objects', 'mask_counts', 'object_balance', 'dense_eval', 'dense_summary',
+           'ttd_targets', 'TTDObjective', 'add_lora', 'build_ttd_model', 'ttd_validate', 'train_ttd', 'ttd_measure',
+           'ttd_table', 'caption_maps', 'example_maps', 'plot_examples', 'load_ttd_model', 'ttd_arguments',
+           'ttd_command']
 
 # %% ../nbs/11_ttd.ipynb #a9c6868d
 STOP_WORDS = frozenset('a an the of to on in at by for from with and or but is are was were be been it its this that these '
@@ -197,62 +199,86 @@ def mask_iou(pred:Tensor, true:Tensor) -> Tensor:
 def embed_tags(model:DualEncoder, vocab:list, batch_size:int=512) -> Tensor:
     "e_t: the text branch's joint embedding of each tag alone, [len(vocab), d]."
     if not vocab: return torch.zeros(0, model.dim)
-    was = model.training; model.eval()
-    out = torch.cat([model.encode_text(vocab[i:i + batch_size])['y'].float().cpu() for i in range(0, len(vocab), batch_size)])
-    model.train(was)
-    return out
+    with eval_mode(model):
+        return torch.cat([model.encode_text(vocab[i:i + batch_size])['y'].float().cpu() for i in range(0, len(vocab), batch_size)])
+
+
+# %% ../nbs/11_ttd.ipynb #4bea9bd2
+def truth_objects(truth:TagTruth, T:int, # tags per caption (the padded width)
+                  K:int) -> tuple: # mask labels, background included
+    "(tag_obj [C,T,K], cap_obj [C,K]): the mask labels each candidate tag of each caption names, and those its caption names."
+    C = len(truth.objects)
+    tag_obj = torch.zeros(C, T, K, dtype=torch.bool); cap_obj = torch.zeros(C, K, dtype=torch.bool)
+    for c, (os, co) in enumerate(zip(truth.objects, truth.cap_objects)):
+        for t, o in enumerate(os): tag_obj[c, t, [k + 1 for k in o]] = True
+        cap_obj[c, [k + 1 for k in co]] = True
+    return tag_obj, cap_obj
+
+# %% ../nbs/11_ttd.ipynb #efe23eac
+def mask_counts(maps:Tensor, # normalised maps [..., S, S]
+                true:Tensor, # boolean true masks [..., S, S]
+                thresholds:Tensor) -> tuple: # [n] thresholds on the maps
+    "(intersection, union) pixel counts [..., n] of `maps >= v` with `true` for each threshold v, on the CPU."
+    ps = torch.stack([maps >= v for v in thresholds], -1); q = true[..., None]
+    return (ps & q).sum((-3, -2)).float().cpu(), (ps | q).sum((-3, -2)).float().cpu()
+
+# %% ../nbs/11_ttd.ipynb #6ed5573f
+def object_balance(cap:Tensor, # normalised caption maps [c,S,S]
+                   lab:Tensor, # one-hot mask labels [c,S,S,K] (label 0: background)
+                   cap_obj:Tensor) -> Tensor: # [c,K] the labels each caption names
+    "Per caption: min over its named objects of the map's mean response inside the object, over the max; NaN under two objects."
+    resp = torch.einsum('cxy,cxyk->ck', cap, lab.float()) / lab.sum((1, 2)).clamp_min(1)   # mean response per object
+    resp = resp.masked_fill(~cap_obj, math.nan)[:, 1:]
+    multi = cap_obj[:, 1:].sum(1) >= 2
+    bal = resp.nan_to_num(math.inf).amin(1) / resp.nan_to_num(-math.inf).amax(1).clamp_min(1e-12)
+    return torch.where(multi, bal, torch.full_like(bal, math.nan))
+
+# %% ../nbs/11_ttd.ipynb #e5a69aa1
+def _mask_stats(out:dict, c:Tensor, Ft:Tensor, Et:Tensor, Yc:Tensor, labels:Tensor, tag_obj:Tensor, cap_obj:Tensor, th:Tensor, S:int, K:int):
+    "Fill `out`'s mask counts and balance for captions `c` from their images' dense features `Ft`, tag and caption embeddings."
+    cap = normalise_maps(similarity_maps(Ft, Yc, S))                                # [c,S,S]
+    tag = normalise_maps(similarity_maps(Ft, Et, S))                                # [c,T,S,S]
+    lab = F.one_hot(labels.long(), K).bool()                                        # [c,S,S,K]
+    cm = (lab & cap_obj[:, None, None]).any(-1)                                     # caption's true mask
+    tm = torch.einsum('cxyk,ctk->ctxy', lab.float(), tag_obj.float()) > 0           # each tag's true mask
+    tu = (tag * tag_obj.any(-1)[..., None, None]).amax(1)                            # union of the true tags' maps
+    out['cap_inter'][c], out['cap_union'][c] = mask_counts(cap, cm, th)
+    out['tag_inter'][c], out['tag_union'][c] = mask_counts(tag, tm, th)
+    out['true_inter'][c], out['true_union'][c] = mask_counts(tu, cm, th)
+    out['balance'][c] = object_balance(cap, lab, cap_obj).cpu()
 
 @torch.no_grad()
 def dense_eval(model:DualEncoder, data:SplitData, truth:TagTruth, argmax_only:bool=False, thresholds=THRESHOLDS,
                batch_size:int=32, device=None) -> dict:
     "Scores and mask overlaps of `model` on `data`: image/pixel tag scores [C,T]; with the truth, IoU counts per threshold and coverage balance."
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(dev); was = model.training; model.eval()
+    model.to(dev)
     vocab, idx, valid = pad_tags(truth.tags)
-    E, Y = embed_tags(model, vocab).to(dev), embed_split(model, data, device=dev)['y'].to(dev)
-    t2i = torch.as_tensor(data.split.txt2img); C, T = idx.shape
+    C, T = idx.shape
     out = dict(image=torch.zeros(C, T), pixel=torch.zeros(C, T))
     ann = truth.annotated                                                               # masks and objects: the IoU counts too
     if ann:
         S, K = truth.masks.shape[-1], int(truth.masks.max()) + 1
-        tag_obj = torch.zeros(C, T, K, dtype=torch.bool); cap_obj = torch.zeros(C, K, dtype=torch.bool)
-        for c, (os, co) in enumerate(zip(truth.objects, truth.cap_objects)):
-            for t, o in enumerate(os): tag_obj[c, t, [k + 1 for k in o]] = True
-            cap_obj[c, [k + 1 for k in co]] = True
-        tag_obj, cap_obj = tag_obj.to(dev), cap_obj.to(dev)
+        tag_obj, cap_obj = (o.to(dev) for o in truth_objects(truth, T, K))
         th = torch.as_tensor(np.asarray(thresholds), dtype=torch.float32, device=dev)
         out |= dict(cap_inter=torch.zeros(C, len(th)), cap_union=torch.zeros(C, len(th)), tag_inter=torch.zeros(C, T, len(th)),
                     tag_union=torch.zeros(C, T, len(th)), true_inter=torch.zeros(C, len(th)), true_union=torch.zeros(C, len(th)),
                     balance=torch.full((C,), math.nan))
-    for b in range(0, data.n_images, batch_size):
-        i = torch.arange(b, min(b + batch_size, data.n_images))
-        r = encode_dense(model, data.images[i].to(dev).float().div_(255))
-        c = torch.nonzero((t2i >= b) & (t2i < b + len(i))).squeeze(1)
-        rows = (t2i[c] - b).to(dev)
-        Ft, Et = r['dense'][rows], E[idx[c].to(dev)]
-        A_tag = similarity_maps(Ft, Et)
-        out['image'][c] = minmax_tags(image_scores(r['x'][rows], Et).cpu(), valid[c])
-        out['pixel'][c] = minmax_tags(pixel_scores(A_tag, valid[c].to(dev), argmax_only).cpu(), valid[c])
-        if not ann: continue
-        cd = c.to(dev)
-        cap = normalise_maps(similarity_maps(Ft, Y[cd], S))                             # [c,S,S]
-        tag = normalise_maps(similarity_maps(Ft, Et, S))                                # [c,T,S,S]
-        lab = F.one_hot(truth.masks[t2i[c]].to(dev).long(), K).bool()                   # [c,S,S,K]
-        cm = (lab & cap_obj[cd][:, None, None]).any(-1)                                 # caption's true mask
-        tm = torch.einsum('cxyk,ctk->ctxy', lab.float(), tag_obj[cd].float()) > 0        # each tag's true mask
-        tu = (tag * tag_obj[cd].any(-1)[..., None, None]).amax(1)                        # union of the true tags' maps
-        def count(p, q):   # per threshold: pixels in both, in either
-            ps = torch.stack([p >= v for v in th], -1); q = q[..., None]
-            return (ps & q).sum((-3, -2)).float().cpu(), (ps | q).sum((-3, -2)).float().cpu()
-        out['cap_inter'][c], out['cap_union'][c] = count(cap, cm)
-        out['tag_inter'][c], out['tag_union'][c] = count(tag, tm)
-        out['true_inter'][c], out['true_union'][c] = count(tu, cm)
-        resp = torch.einsum('cxy,cxyk->ck', cap, lab.float()) / lab.sum((1, 2)).clamp_min(1)   # mean response per object
-        resp = resp.masked_fill(~cap_obj[cd], math.nan)[:, 1:]
-        multi = cap_obj[cd][:, 1:].sum(1) >= 2
-        bal = resp.nan_to_num(math.inf).amin(1) / resp.nan_to_num(-math.inf).amax(1).clamp_min(1e-12)
-        out['balance'][c] = torch.where(multi, bal, torch.full_like(bal, math.nan)).cpu()
-    model.train(was)
+    with eval_mode(model):
+        E, Y = embed_tags(model, vocab).to(dev), embed_split(model, data, device=dev)['y'].to(dev)
+        t2i = torch.as_tensor(data.split.txt2img)
+        for b in range(0, data.n_images, batch_size):
+            i = torch.arange(b, min(b + batch_size, data.n_images))
+            r = encode_dense(model, data.images[i].to(dev).float().div_(255))
+            c = torch.nonzero((t2i >= b) & (t2i < b + len(i))).squeeze(1)
+            rows = (t2i[c] - b).to(dev)
+            Ft, Et = r['dense'][rows], E[idx[c].to(dev)]
+            A_tag = similarity_maps(Ft, Et)
+            out['image'][c] = minmax_tags(image_scores(r['x'][rows], Et).cpu(), valid[c])
+            out['pixel'][c] = minmax_tags(pixel_scores(A_tag, valid[c].to(dev), argmax_only).cpu(), valid[c])
+            if ann:
+                cd = c.to(dev)
+                _mask_stats(out, c, Ft, Et, Y[cd], truth.masks[t2i[c]].to(dev), tag_obj[cd], cap_obj[cd], th, S, K)
     return out | dict(valid=valid, truth=truth.truth(), idx=idx, vocab=vocab, thresholds=np.asarray(thresholds))
 
 # %% ../nbs/11_ttd.ipynb #ca27da3d
@@ -303,7 +329,7 @@ def ttd_targets(tag_maps:Tensor, valid:Tensor, theta:float, argmax_only:bool=Fal
 
 # %% ../nbs/11_ttd.ipynb #6f28c5a3
 class TTDObjective(nn.Module):
-    "Text-tag self-distillation: w_con L_con + w_distill L_distill + w_tag L_tag (METHODS.md section 4, step 2)."
+    "Text-tag self-distillation: w_con L_con + w_distill L_distill + w_tag L_tag (methods eq. (4.9), step 2 of §4)."
     def __init__(self, theta:float=0.5, # tag selection threshold (chosen on validation)
                  w_distill:float=1.0, w_tag:float=1.0, w_con:float=1.0, # loss weights
                  scale:float=10.0, shift:float=-2.0, # sigmoid(scale * A + shift) turns a cosine map into probabilities
@@ -375,40 +401,69 @@ def ttd_validate(model:DualEncoder, val:SplitData, truth:TagTruth, theta:float, 
 
 def train_ttd(model:DualEncoder, objective:TTDObjective, train:SplitData, val:SplitData, val_truth:TagTruth, train_cfg,
               batch_size:int=128, out_dir=None, model_config:dict|None=None, progress:bool=True) -> list:
-    "Fine-tune `model` with `objective`; the best epoch on `train_cfg.select` is loaded back; returns the history."
-    from itr_nb.train import fit, load_best, ddp_setup
-    rank, world = ddp_setup(train_cfg.device)   # under torchrun: this rank's share of every global batch
+    "Fine-tune `model` with `objective` through `itr_nb.train.train_pairs`, validating retrieval and masks; the best epoch on `train_cfg.select` is loaded back; returns the history."
     if not val_truth.annotated and train_cfg.select in ('tag_f1', 'cap_miou'):
         if progress: print(f"no annotations to compute {train_cfg.select} on: the best TTD epoch is chosen by rsum")
         train_cfg = replace(train_cfg, select='rsum')
-    hist = fit(model, objective, lambda ep: pair_batches(train, batch_size, ep, train_cfg.seed, rank=rank, world=world), steps_per_epoch(train, batch_size),
-               lambda m: ttd_validate(m, val, val_truth, objective.theta, objective.argmax_only), train_cfg, out_dir, model_config, progress)
-    load_best(out_dir, dict(model=model, loss=objective), model_config)
-    return hist
+    return train_pairs(model, objective, train, lambda m: ttd_validate(m, val, val_truth, objective.theta, objective.argmax_only),
+                       train_cfg, batch_size, out_dir=out_dir, model_config=model_config, progress=progress)
+
+# %% ../nbs/11_ttd.ipynb #560fe984
+def ttd_measure(model:DualEncoder, val:SplitData, test:SplitData, truth:dict, # {'val': TagTruth, 'test': TagTruth}
+                theta:float=-1.0, # a fixed selection threshold for both scorings; negative: chosen on val
+                argmax_only:bool=False) -> tuple:
+    "(dense numbers on test, with val_cap_miou / val_tag_miou / val_pixel_f1 from val itself; test R@1 and RSUM) of `model`."
+    ev = {s: dense_eval(model, d, truth[s], argmax_only) for s, d in (('val', val), ('test', test))}
+    r, fixed = evaluate_split(model, test, uni=False), dict(image=theta, pixel=theta) if theta >= 0 else None
+    on_val = {f'val_{k}': v for k, v in dense_summary(ev['val'], ev['val'], fixed).items() if k in ('cap_miou', 'tag_miou', 'pixel_f1')}
+    return dense_summary(ev['val'], ev['test'], fixed) | on_val, {k: r[k] for k in ('i2t_R@1', 't2i_R@1', 'rsum')}
+
+def ttd_table(before:dict, ret_before:dict, after:dict, ret_after:dict):
+    "A DataFrame: selecting every candidate, image- and pixel-level scoring of the baseline, pixel-level after TTD (NaN where absent)."
+    import pandas as pd
+    nan = math.nan
+    sel = lambda d, p: {k: d.get(f'{p}_{k}', nan) for k in ('precision', 'recall', 'f1', 'accuracy', 'auc', 'selected_share')} | dict(single_tag_share=d.get(f'single_tag_share_{p}', nan))
+    masks = lambda d: {k: d.get(k, nan) for k in ('cap_miou', 'tag_miou', 'true_union_miou', 'dominant_object_share')}
+    rows = {'every candidate (reference)': dict(f1=before.get('select_all_f1', nan)),
+            'image-level (baseline)': sel(before, 'image') | dict(cap_miou=nan, tag_miou=nan) | ret_before,
+            'pixel-level (baseline)': sel(before, 'pixel') | masks(before) | ret_before,
+            'pixel-level after TTD': sel(after, 'pixel') | masks(after) | ret_after}
+    return pd.DataFrame(rows).T.round(2)
 
 # %% ../nbs/11_ttd.ipynb #a2f52b52
 @torch.no_grad()
-def example_maps(model:DualEncoder, data:SplitData, truth:TagTruth, caps, theta:float, argmax_only:bool=False, max_tags:int=4) -> list:
-    "For captions `caps`: image, caption text, caption map and true mask, and its first `max_tags` true tags' (or, without truth, tags') maps, masks and selection."
-    was = model.training; model.eval(); out = []
+def caption_maps(model:DualEncoder, data:SplitData, truth:TagTruth, caption:int, # caption index in the split
+                 theta:float=0.5, # selection threshold on the normalised pixel score
+                 argmax_only:bool=False) -> dict: # pixel score only over the pixels a tag wins
+    "One caption's image, caption map and true mask, and per candidate tag its normalised score, selection, truth, map and true mask."
     ann = truth.annotated
     S = truth.masks.shape[-1] if ann else data.images.shape[-1]
-    for c in caps:
-        i = int(data.split.txt2img[c]); img = data.images[i:i + 1].float() / 255
+    i = int(data.split.txt2img[caption]); img = data.images[i:i + 1].float() / 255
+    with eval_mode(model):
         r = encode_dense(model, img.to(next(model.parameters()).device))
-        ts = truth.tags[c]; E = embed_tags(model, ts).to(r['dense'].device)
-        A = similarity_maps(r['dense'], E[None])
-        v = torch.ones(1, len(ts), dtype=torch.bool, device=A.device)
-        sel = select_tags(minmax_tags(pixel_scores(A, v, argmax_only), v), v, theta)[0].cpu()
-        lab = truth.masks[i] if ann else None
-        keep = [t for t in range(len(ts)) if not ann or truth.objects[c][t]][:max_tags]
-        out.append(dict(image=img[0].permute(1, 2, 0).numpy(), caption=data.split.captions[c],
-                        cap_map=normalise_maps(similarity_maps(r['dense'], model.encode_text([data.split.captions[c]])['y'], S))[0].cpu().numpy(),
-                        cap_mask=np.isin(lab.numpy(), [k + 1 for k in truth.cap_objects[c]]) if ann else None,
-                        tags=[ts[t] for t in keep], selected=[bool(sel[t]) for t in keep],
-                        tag_maps=normalise_maps(similarity_maps(r['dense'], E[None], S))[0, keep].cpu().numpy(),
-                        tag_masks=[np.isin(lab.numpy(), [k + 1 for k in truth.objects[c][t]]) if ann else None for t in keep]))
-    model.train(was)
+        tags = list(truth.tags[caption]); E = embed_tags(model, tags).to(r['dense'].device)
+        A = similarity_maps(r['dense'], E[None])                                        # [1,T,h,w]
+        v = torch.ones(1, len(tags), dtype=torch.bool, device=A.device)
+        score = minmax_tags(pixel_scores(A, v, argmax_only), v)[0].cpu()
+        cap = model.encode_text([data.split.captions[caption]])['y']
+        lab = truth.masks[i].numpy() if ann else None
+        return dict(image_index=i, image=img[0].permute(1, 2, 0).numpy(), caption=data.split.captions[caption],
+                    cap_map=normalise_maps(similarity_maps(r['dense'], cap, S))[0].cpu().numpy(),
+                    cap_mask=np.isin(lab, [k + 1 for k in truth.cap_objects[caption]]) if ann else None,
+                    tags=tags, score=score.numpy(), selected=(score >= theta).numpy(),
+                    true=np.array([bool(o) for o in truth.objects[caption]], bool) if ann else None,
+                    tag_maps=normalise_maps(similarity_maps(r['dense'], E[None], S))[0].cpu().numpy(),
+                    tag_masks=(np.stack([np.isin(lab, [k + 1 for k in o]) for o in truth.objects[caption]]) if tags else np.zeros((0, S, S), bool)) if ann else None)
+
+def example_maps(model:DualEncoder, data:SplitData, truth:TagTruth, caps, theta:float, argmax_only:bool=False, max_tags:int=4) -> list:
+    "For captions `caps` (see `caption_maps`): image, caption map and true mask, and its first `max_tags` true tags' (or, without truth, tags') maps, masks and selection."
+    out = []
+    for c in caps:
+        d = caption_maps(model, data, truth, c, theta, argmax_only)
+        keep = [t for t in range(len(d['tags'])) if d['true'] is None or d['true'][t]][:max_tags]
+        out.append(dict(image=d['image'], caption=d['caption'], cap_map=d['cap_map'], cap_mask=d['cap_mask'],
+                        tags=[d['tags'][t] for t in keep], selected=[bool(d['selected'][t]) for t in keep], tag_maps=d['tag_maps'][keep],
+                        tag_masks=[None if d['tag_masks'] is None else d['tag_masks'][t] for t in keep]))
     return out
 
 def plot_examples(examples:dict, path=None, max_tags:int=4):
