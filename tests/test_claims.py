@@ -31,3 +31,13 @@ def test_cusa_run_has_what_the_claims_compare(tiny_benchmark, tmp_path):
     for k in ('cross_i2i_mAP@R', 't2t_mAP@R', 'ext_t2i_mAP@R'):   # the per-query means are the metrics the template reports
         assert 100 * np.mean(q[k]) == pytest.approx(m[k], abs=1e-9), k
     assert 'val_ext_t2i_mAP@R' in m   # what claims_cusa_tau selects on
+
+def test_ttd_baseline_from_init(tiny_benchmark, tmp_path):
+    "The TTD template's baseline can start from another run's checkpoint (init): its towers and dim, not the template's."
+    st = run_template('train_eval', dict(dataset=str(tiny_benchmark), epochs=1, batch_size=32, dim=24, image_size=32), tmp_path/'init', progress=False)
+    assert st['status'] == 'ok', st.get('error')
+    p = dict(dataset=str(tiny_benchmark), epochs=1, ttd_epochs=1, batch_size=32, dim=16, image_size=32, workers=0, limit_eval=10, n_examples=0,
+             init=str(tmp_path/'init'))
+    st = run_template('ttd', p, tmp_path/'ttd', progress=False)
+    assert st['status'] == 'ok', st.get('error')
+    assert json.loads((tmp_path/'ttd'/'baseline'/'best.json').read_text())['config']['dim'] == 24
