@@ -10,7 +10,7 @@
    progress bar, "Loading weights" or a stderr block in its text, or (on a page with equations) an equation that
    MathJax did not render or whose tag, such as "(2.4)", is not shown; the methods page must also show its equations
    and its three diagrams;
-3. starts JupyterLab on 127.0.0.1 with a token, opens a copy of `nbs/12_inspect.ipynb` (cells flagged `slow`, `cuda`
+3. starts JupyterLab on 127.0.0.1 with a token, opens a copy of `nbs/19_inspect.ipynb` (cells flagged `slow`, `cuda`
    or `data` left out, as in the tests), runs all cells, and checks that the three inspection widgets rendered with
    their images and that no cell printed an error;
 4. saves screenshots to `runs/browser/` (`site_<page>.png`, `lab_<view>.png`, `lab_notebook.png`; for pages with
@@ -160,17 +160,17 @@ def _lab_settings(d:Path):
 
 
 def _inspection_copy(dst:Path) -> Path:
-    "nbs/12_inspect.ipynb without the cells the tests skip (slow, cuda, data), as the notebook to open."
+    "nbs/19_inspect.ipynb without the cells the tests skip (slow, cuda, data), as the notebook to open."
     from nbdev.config import get_config
     flags = set(get_config(ROOT).tst_flags.split())
-    nb = json.loads((ROOT/'nbs'/'12_inspect.ipynb').read_text())
+    nb = json.loads((ROOT/'nbs'/'19_inspect.ipynb').read_text())
     def skip(c):
         first = [l.strip() for l in ''.join(c['source']).splitlines() if l.strip().startswith('#|')]
         return c['cell_type'] == 'code' and any(l.lstrip('#| ').split(':')[0].strip() in flags for l in first)
     nb['cells'] = [c for c in nb['cells'] if not skip(c)]
     for c in nb['cells']:
         if c['cell_type'] == 'code': c['outputs'], c['execution_count'] = [], None
-    p = dst/'12_inspect.ipynb'; p.write_text(json.dumps(nb, indent=1)); return p
+    p = dst/'19_inspect.ipynb'; p.write_text(json.dumps(nb, indent=1)); return p
 
 
 KERNEL_READY = """() => {

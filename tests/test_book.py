@@ -19,18 +19,18 @@ def _tracked_text():
 
 def test_no_reference_outside_the_repo():
     hits = [f'{f}:{s.count(chr(10), 0, m.start()) + 1}: {m.group(0)}' for f, s in _tracked_text() for m in OUTSIDE.finditer(s)]
-    assert not hits, 'references outside the repository (point at nbs/00a_methods.ipynb instead):\n' + '\n'.join(hits)
+    assert not hits, 'references outside the repository (point at nbs/01_methods.ipynb instead):\n' + '\n'.join(hits)
 
 
 def test_pattern_catches_each_kind():
     for s in ('see ' + 'METHODS' + '.md section 2', '`..' + '/shared/x`', 'cd /' + 'work/main'):
         assert OUTSIDE.search(s), s
-    assert not OUTSIDE.search('https://example.org/network/x and nbs/00a_methods.ipynb#eq-2-4')
+    assert not OUTSIDE.search('https://example.org/network/x and nbs/01_methods.ipynb#eq-2-4')
 
 
 def test_readme_is_a_front_door():
     lines = (ROOT/'README.md').read_text().splitlines()
-    assert len(lines) <= 150, f'README.md has {len(lines)} lines (at most 150: the rest belongs on nbs/91_reference.ipynb)'
+    assert len(lines) <= 150, f'README.md has {len(lines)} lines (at most 150: the rest belongs on nbs/22_reference.ipynb)'
     assert './run.sh main' in lines and './run.sh test' in lines          # the two commands, each on its own line
     assert './run.sh test' in (ROOT/'.ci'/'run').read_text()
 

@@ -8,7 +8,7 @@ from itr_nb.cusa import soft_labels, kl_rows, csa_loss, usa_loss, CUSAObjective,
 from itr_nb.retrieval import ModelConfig, build_model, ContrastiveObjective, load_split, pair_batches, steps_per_epoch
 from itr_nb.train import TrainConfig, fit
 
-# ---- methods eq. (2.1)-(2.6) (nbs/00a_methods.ipynb) written out with Python loops in float64 -------------------------------------------
+# ---- methods eq. (2.1)-(2.6) (nbs/01_methods.ipynb) written out with Python loops in float64 -------------------------------------------
 
 def dot(a, b): return sum(p * q for p, q in zip(a, b))
 

@@ -8,7 +8,7 @@ import torch, torch.nn.functional as F, torch.multiprocessing as mp
 from itr_nb.losses import info_nce, Temperature, clamp_temperatures_, ContrastiveLoss, gather_batch
 
 def brute_info_nce(x, y, ids, tau):
-    "methods eq. (1.3) (nbs/00a_methods.ipynb) written out with Python loops in float64."
+    "methods eq. (1.3) (nbs/01_methods.ipynb) written out with Python loops in float64."
     x, y, ids = x.double().tolist(), y.double().tolist(), ids.tolist()
     n = len(x)
     S = [[sum(a * b for a, b in zip(x[i], y[j])) / tau for j in range(n)] for i in range(n)]

@@ -64,7 +64,7 @@ def test_cusa_results_from_a_tiny_sweep(tiny_benchmark, runs, tmp_path, capsys):
             assert row[(metric, 'std')] == pytest.approx(std, rel=1e-12, abs=1e-12) and row[('seeds', '')] == n == 2
     # the notebook's results cells render from it; the sweep not run (cusa_tau) says what to run
     capsys.readouterr()
-    ns = _render('09_cusa.ipynb')
+    ns = _render('16_cusa.ipynb')
     said = capsys.readouterr().out
     r = ns['cusa_ablation']
     assert list(r.index) == ['InfoNCE', '+CSA'] and ns['cusa_tau'] is None
@@ -78,21 +78,21 @@ def test_cusa_results_from_a_tiny_sweep(tiny_benchmark, runs, tmp_path, capsys):
 
 def test_tgdt_and_ttd_results_from_tiny_sweeps(tiny_benchmark, runs, tmp_path, capsys):
     capsys.readouterr()
-    for nb in ('10_tgdt.ipynb', '11_ttd.ipynb'):   # nothing run yet: each cell names its command
+    for nb in ('17_tgdt.ipynb', '18_ttd.ipynb'):   # nothing run yet: each cell names its command
         ns = _render(nb)
     said = capsys.readouterr().out
     assert 'itr-nb sweep experiments/tgdt.yaml' in said and 'itr-nb sweep experiments/ttd.yaml' in said
     tg = dict(dataset=str(tiny_benchmark), epochs=1, batch_size=32, dim=32, layers=1, heads=2, image_size=32, lr=2e-3,
               k_i2t=5, k_t2i=3, k_curve=[3])
     out = _sweep(tmp_path, 'tgdt', 'tgdt', tg, dict(k_i2t=[5]), [0], out='tgdt_sweep')   # where experiments/tgdt.yaml writes
-    ns = _render('10_tgdt.ipynb')
+    ns = _render('17_tgdt.ipynb')
     r = ns['tgdt_results']
     (mean, _, n), = _independent(out, ['k_i2t'], 'two_stage_rsum').values()
     assert r.loc['two_stage_rsum', 'k_i2t=5'] == f'{mean:.2f}' and r.loc['seeds', 'k_i2t=5'] == n == 1
     ds = Path(tiny_benchmark)
     td = dict(dataset=str(ds), image_size=32, dim=32, epochs=1, ttd_epochs=1, batch_size=32, n_examples=2, device='cpu')
     out = _sweep(tmp_path, 'ttd', 'ttd', td, dict(theta=[-1.0]), [0])
-    ns = _render('11_ttd.ipynb')
+    ns = _render('18_ttd.ipynb')
     r = ns['ttd_results']
     (mean, _, n), = _independent(out, ['theta'], 'after_pixel_f1').values()
     assert r.loc['after_pixel_f1', 'theta from val'] == f'{mean:.2f}' and set(ns['TTD_METRICS']) <= set(r.index)
