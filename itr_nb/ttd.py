@@ -507,6 +507,7 @@ def ttd_arguments(parser:argparse.ArgumentParser):
     parser.add_argument('checkpoint', help='best.safetensors of a trained dual encoder (its .json beside it)')
     parser.add_argument('--dataset', default=None, help='Karpathy JSON (default: data/synth/dataset.json); the benchmark\'s annotations and masks beside it give the truth')
     parser.add_argument('--image-size', type=int, default=64, help='image side in pixels')
+    parser.add_argument('--image-root', default='', help="folder the JSON's image paths start from (default: the JSON's folder)")
     parser.add_argument('--limit', type=int, default=0, help='first N val and test images only (0: all)')
     parser.add_argument('--argmax-only', action='store_true', help='pixel score only over pixels a tag wins')
     parser.add_argument('--stop-words', action='store_true', help='drop generic English stop words from the candidates')
@@ -522,7 +523,7 @@ def ttd_command(args:argparse.Namespace) -> int:
     model = load_ttd_model(args.checkpoint)
     ev = {}
     for s in ('val', 'test'):
-        d = load_split(ds, s, args.image_size, limit=args.limit, progress=False)
+        d = load_split(ds, s, args.image_size, limit=args.limit, progress=False, image_root=args.image_root or None)
         ev[s] = dense_eval(model, d, load_tag_truth(ds, d, args.stop_words or None), args.argmax_only)
     res = dense_summary(ev['val'], ev['test'])
     print(format_table(res))

@@ -75,3 +75,17 @@ def test_image_root_is_a_template_parameter():
     root = Path(__file__).resolve().parents[1]/'experiments'
     for t in ('train_eval', 'cusa', 'tgdt', 'ttd'):
         check_params(root/f'{t}.ipynb', dict(image_root='/data/flickr30k/flickr30k-images', resize='crop', workers=0))
+
+def test_ttd_command_takes_image_root(tmp_path, capsys):
+    "`itr-nb ttd --image-root` reads a Flickr30K-layout corpus whose images live apart from its JSON; without it the message names the root."
+    from dataclasses import asdict
+    from itr_nb.cli import main
+    from itr_nb.encoders import ModelConfig, build_model
+    from itr_nb.train import save_checkpoint
+    ds, root = flickr_layout(tmp_path)
+    cfg = ModelConfig(dim=16)
+    ck = save_checkpoint(tmp_path/'ck'/'best.safetensors', dict(model=build_model(cfg, seed=0)), asdict(cfg))
+    assert main(['ttd', str(ck), '--dataset', str(ds), '--image-size', '32']) == 2
+    assert str(ds.parent) in capsys.readouterr().err                     # the JSON's folder, where it looked by default
+    assert main(['ttd', str(ck), '--dataset', str(ds), '--image-root', str(root), '--image-size', '32', '--out', str(tmp_path/'m.json')]) == 0
+    assert (tmp_path/'m.json').exists()
