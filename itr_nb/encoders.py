@@ -21,8 +21,8 @@ from .splits import SplitData
 __all__ = ['local_path', 'hf_quiet', 'make_preprocess_cfg', 'SmallCNN', 'TimmImage', 'EfficientNetLite0', 'AttentionPool',
            'EfficientNetGrid', 'CLIPImage', 'clip_tower_config', 'tiny_clip', 'OpenCLIPImage', 'tiny_open_clip',
            'PrecompImage', 'HFText', 'masked_mean', 'minilm_path', 'SmallTextTransformer', 'CLIPText', 'OpenCLIPText',
-           'HFImage', 'SentenceTransformerText', 'image_encoder', 'text_encoder', 'FrozenBackbones', 'head',
-           'DualEncoder', 'ModelConfig', 'image_encoder_for', 'build_model', 'file_identity', 'cached_features',
+           'HFImage', 'SentenceTransformerText', 'split_spec', 'image_encoder', 'text_encoder', 'FrozenBackbones',
+           'head', 'DualEncoder', 'ModelConfig', 'image_encoder_for', 'build_model', 'file_identity', 'cached_features',
            'FeatureTable', 'cache_text_features', 'caches_prefix', 'cache_image_features', 'split_identity']
 
 # %% ../nbs/10_encoders.ipynb #101f2f49
@@ -563,8 +563,35 @@ class SentenceTransformerText(nn.Module):
 # %% ../nbs/10_encoders.ipynb #f91a4a80
 def _spec_string(spec, kw): return spec + (json.dumps(kw, sort_keys=True, default=str) if kw else '')
 
+_OVERRIDES = {'mean': 3, 'std': 3, 'crop_pct': 1}   # what a spec's '#key=value' suffixes may set, and how many numbers each takes
+
+def split_spec(spec:str) -> tuple:
+    "(tower spec, overrides) of an image spec such as 'clip:DIR#mean=0.5,0.5,0.5#std=0.5,0.5,0.5#crop_pct=1'."
+    base, *parts = spec.split('#')
+    over = {}
+    for p in parts:
+        k, eq, v = p.partition('=')
+        if k not in _OVERRIDES or not eq: raise ItrError(f"image encoder {spec!r}: {p!r} is not one of #mean=R,G,B, #std=R,G,B, #crop_pct=F")
+        try: nums = tuple(float(x) for x in v.split(','))
+        except ValueError: raise ItrError(f"image encoder {spec!r}: {k} takes numbers, got {v!r}") from None
+        if len(nums) != _OVERRIDES[k] or (k != 'mean' and min(nums) <= 0):
+            raise ItrError(f"image encoder {spec!r}: {k} takes {_OVERRIDES[k]} {'number' if k == 'mean' else 'positive number'}(s), got {v!r}")
+        over[k] = nums if k != 'crop_pct' else nums[0]
+    return base, over
+
+def _override_norm(enc, spec, mean=None, std=None):
+    "Replace the tower's own input mean/std (in [0,1] pixel units) with the spec's, and report them in `preprocess_cfg`."
+    if not (isinstance(getattr(enc, 'mean', None), Tensor) and isinstance(getattr(enc, 'std', None), Tensor)):
+        raise ItrError(f"image encoder {spec!r}: {type(enc).__name__} has a fixed input normalisation; #mean/#std cannot override it")
+    for k, v in (('mean', mean), ('std', std)):
+        if v is not None: setattr(enc, k, torch.tensor(v, dtype=getattr(enc, k).dtype).view(1, 3, 1, 1))
+    own = enc.preprocess_cfg
+    enc.preprocess_cfg = lambda: own() | {k: v for k, v in (('mean', mean), ('std', std)) if v is not None}
+
 def image_encoder(spec:str, **kw) -> nn.Module:
-    "Image encoder from a spec: 'small-cnn', 'timm:<name>', 'efficientnet-lite0', 'efficientnet-lite0-grid', 'clip:<path>', 'open_clip:<folder>', 'open_clip:<arch>:<checkpoint>', 'precomp' or 'precomp:<layers>'."
+    "Image encoder from a spec: 'small-cnn', 'timm:<name>', 'efficientnet-lite0', 'efficientnet-lite0-grid', 'clip:<path>', 'open_clip:<folder>', 'open_clip:<arch>:<checkpoint>', 'precomp' or 'precomp:<layers>', optionally followed by '#mean=R,G,B', '#std=R,G,B' (override the tower's own input normalisation) and '#crop_pct=F' (its crop)."
+    full = spec
+    spec, over = split_spec(spec)
     kind, _, arg = spec.partition(':')
     if spec == 'small-cnn': enc = SmallCNN(**kw)
     elif spec == 'efficientnet-lite0': enc = EfficientNetLite0(**kw)
@@ -577,7 +604,8 @@ def image_encoder(spec:str, **kw) -> nn.Module:
         if arg and not arg.isdigit(): raise ItrError(f"{spec}: expected precomp or precomp:<layers>")
         enc = PrecompImage(**({'layers': int(arg)} if arg else {}) | kw)
     else: raise ItrError(f"unknown image encoder {spec!r} (small-cnn, timm:<name>, efficientnet-lite0, efficientnet-lite0-grid, clip:<path>, open_clip:<folder>, open_clip:<arch>:<checkpoint>, precomp, precomp:<layers>)")
-    enc.spec = _spec_string(spec, kw)
+    if over.keys() & {'mean', 'std'}: _override_norm(enc, full, over.get('mean'), over.get('std'))
+    enc.spec = _spec_string(full, kw)
     return enc
 
 def text_encoder(spec:str, **kw) -> nn.Module:

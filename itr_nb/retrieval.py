@@ -17,7 +17,7 @@ from .data import Preprocess, length_order
 from .shards import ShardData
 from .precomp import RegionFeatures
 from .splits import SplitData, load_split, load_splits, pair_batches, steps_per_epoch, epoch_captions   # re-exported: they lived here
-from .encoders import (image_encoder, text_encoder, DualEncoder, EncoderOutput, local_path, clip_tower_config,
+from .encoders import (image_encoder, split_spec, text_encoder, DualEncoder, EncoderOutput, local_path, clip_tower_config,
                              ModelConfig, image_encoder_for, build_model, cache_image_features, caches_prefix, cache_text_features)   # re-exported: they lived here
 from .losses import ContrastiveLoss, ContrastiveObjective   # re-exported: it lived here
 from .metrics import evaluate, unimodal_metrics
@@ -33,7 +33,13 @@ __all__ = ['STUDENT', 'tower_preprocess', 'image_preprocess', 'run_splits', 'emb
 _DEFAULT_TOWER = dict(size=64, short_side=0, crop_offset='round', interpolation='bicubic', pretrained=False)
 
 def tower_preprocess(spec:str) -> dict:
-    "An image tower's own evaluation transform: size, short_side, crop_offset, interpolation, and whether it is pretrained."
+    "An image tower's own evaluation transform (size, short_side, crop_offset, interpolation, pretrained), a '#crop_pct=F' suffix overriding its crop."
+    spec, over = split_spec(spec)
+    t = _tower_preprocess(spec)
+    if 'crop_pct' in over: t['short_side'] = math.floor(t['size'] / over['crop_pct'])
+    return t
+
+def _tower_preprocess(spec):
     kind, _, arg = spec.partition(':')
     t = dict(_DEFAULT_TOWER)
     if spec == 'small-cnn' or kind == 'precomp': return t   # precomp: features, no images to prepare

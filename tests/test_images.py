@@ -54,6 +54,22 @@ def test_chain_matches_clip_image_processor(photo_set, tmp_path):
         assert ours.shape == ref.shape
         assert _worst(ours, ref, enc.std) <= 1 + 1e-3, _worst(ours, ref, enc.std)
 
+def test_spec_overrides_match_clip_image_processor_with_the_same_overrides(photo_set, tmp_path):
+    "'clip:DIR#mean=..#std=..#crop_pct=..' equals CLIPImageProcessor told the same mean, std and shortest edge."
+    from transformers import CLIPImageProcessor
+    from itr_nb.encoders import tiny_clip, image_encoder
+    d, files = photo_set
+    clip = tiny_clip(tmp_path/'clip'); CLIPImageProcessor().save_pretrained(clip)   # the tower's own: 224 of 224, CLIP's mean/std
+    spec = f'clip:{clip}#mean=0.5,0.4,0.3#std=0.2,0.25,0.3#crop_pct=0.8'
+    enc, pre = image_encoder(spec), image_preprocess(spec)
+    assert (pre.size, pre.target) == (224, 280)                                      # floor(224 / 0.8)
+    proc = CLIPImageProcessor(size={'shortest_edge': 280}, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3])
+    data = load_split(d/'dataset.json', 'test', preprocess=pre, cache_dir=tmp_path/'cache', progress=False)
+    ours = (data.images[:].float() / 255 - enc.mean) / enc.std
+    ref = torch.cat([proc(images=[Image.open(d/f)], return_tensors='pt')['pixel_values'] for f in files])
+    assert ours.shape == ref.shape
+    assert _worst(ours, ref, enc.std) <= 1 + 1e-3, _worst(ours, ref, enc.std)
+
 def test_chain_matches_timm_eval_transform(photo_set, tmp_path):
     "Cached uint8 -> TimmImage's normalisation equals timm's resolve_data_config + create_transform (eval)."
     import timm
