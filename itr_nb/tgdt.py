@@ -14,13 +14,13 @@ from torch import Tensor
 from .core import ItrError, eval_mode
 from .data import length_order
 from .encoders import EncoderOutput, FrozenBackbones
-from .metrics import evaluate
+from .metrics import evaluate, query_metrics
 from .losses import gather_batch
 
 # %% auto #0
 __all__ = ['ARCHS', 'TGDT_COLUMNS', 'TGDT_WAYS', 'TokenTransformer', 'image_token_count', 'TGDT', 'local_sim', 'triplet_hardest',
            'intra_consistency', 'TGDTObjective', 'embed_tokens', 'pair_local_sim', 'candidate_local_sim', 'two_stage',
-           'ranking_scores', 'split_metrics', 'evaluate_tgdt', 'plot_k_curve', 'tgdt_table']
+           'ranking_scores', 'split_metrics', 'init_backbones', 'evaluate_tgdt', 'plot_k_curve', 'tgdt_table']
 
 # %% ../nbs/17_tgdt.ipynb #81ac6909
 class TokenTransformer(nn.Module):
@@ -353,32 +353,57 @@ def split_metrics(s_i2t, s_t2i, txt2img, rel:dict|None=None) -> dict:
     out['rsum'] = sum(v for k, v in out.items() if k.split('_')[0] in ('i2t', 't2i') and k.split('_')[1].startswith('R@'))
     return out
 
+# %% ../nbs/17_tgdt.ipynb #a2171a77
+def init_backbones(model:TGDT, init:str, # '' (none), 'student' (the pretrained student, built if missing) or a dual-encoder checkpoint folder
+                   device='cpu') -> list:
+    "Copy the image (and, where the towers match, text) backbone of the dual encoder `init` into `model`; returns what was copied."
+    if not init: return []
+    from itr_nb.retrieval import load_model, pretrain_student
+    src, mcfg = load_model(pretrain_student() if init == 'student' else init, device)
+    if src.image_enc.spec != model.image_enc.spec:
+        raise ItrError(f"init {init}: its image tower is {src.image_enc.spec!r}, this model's {model.image_enc.spec!r} (pass image_encoder={mcfg.image_encoder!r})")
+    done = []
+    for name in ('image_enc', 'text_enc'):
+        if getattr(src, name).spec == getattr(model, name).spec:
+            getattr(model, name).load_state_dict(getattr(src, name).state_dict()); done.append(name)
+    return done
+
+
 # %% ../nbs/17_tgdt.ipynb #172ca02c
+def _per_query(s_i2t, s_t2i, txt2img, rel) -> dict:
+    "`itr_nb.metrics.query_metrics` of a ranking: i2t arrays from `s_i2t`, t2i arrays from `s_t2i` (the same matrix when None)."
+    a = query_metrics(s_i2t, txt2img, rel)
+    if s_t2i is None: return a
+    b = query_metrics(s_t2i, txt2img, rel)
+    return {k: (b if 't2i_' in k else a)[k] for k in a}
+
 def evaluate_tgdt(model:TGDT, data, k_i2t:int=50, k_t2i:int=100, lambda_l:float=1.0, reduce:str='mean',
                   ks=(), # extra two-stage runs with K captions and K images per query (clipped to the gallery)
                   exhaustive:bool=True, # also the exhaustive local and fused rankings
                   image_feats:EncoderOutput|None=None, block_mb:int=256,
-                  device=None) -> dict: # where embedding and scoring run (None: the model's device)
+                  device=None, # where embedding and scoring run (None: the model's device)
+                  queries:dict|None=None) -> dict: # filled with each ranking's per-query arrays (global_, local_, fused_, two_stage_), for `itr_nb.claims`
     "Global-only, exhaustive local and fused, and two-stage metrics and inference seconds of `model` on `data`."
+    keep = lambda name, si, st=None: queries.update({f'{name}_{k}': v for k, v in _per_query(si, st, t2i, rel).items()}) if queries is not None else None
     e = embed_tokens(model, data, image_feats=image_feats, device=device); dev = e['x'].device
     t2i, rel = data.split.txt2img, data.rel or None
     out = dict(embed_secs=e.pop('secs'))
     t0 = _clock(dev); s_g = e['x'] @ e['y'].T; out['global_secs'] = _clock(dev) - t0
     rel_u = rel or {}
     m = evaluate(s_g, t2i, rel, img_sim=e['x'] @ e['x'].T if 'i2i' in rel_u else None, txt_sim=e['y'] @ e['y'].T if 't2t' in rel_u else None)
-    out |= {f'global_{k}': v for k, v in m.items()}
+    out |= {f'global_{k}': v for k, v in m.items()}; keep('global', s_g)
     if exhaustive:
         t0 = _clock(dev); s_l = local_sim(e['img_tokens'], e['img_mask'], e['txt_tokens'], e['txt_mask'], lambda_l, reduce, block_mb)
         out['local_secs'] = _clock(dev) - t0
-        out |= {f'local_{k}': v for k, v in evaluate(s_l, t2i, rel).items()}
+        out |= {f'local_{k}': v for k, v in evaluate(s_l, t2i, rel).items()}; keep('local', s_l)
         t0 = _clock(dev); fused = s_g + s_l; out['fused_secs'] = out['local_secs'] + out['global_secs'] + _clock(dev) - t0
-        out |= {f'fused_{k}': v for k, v in evaluate(fused, t2i, rel).items()}
+        out |= {f'fused_{k}': v for k, v in evaluate(fused, t2i, rel).items()}; keep('fused', fused)
         del s_l, fused
     k_i2t, k_t2i = min(k_i2t, data.n_captions), min(k_t2i, data.n_images)   # a gallery smaller than K (limit_eval): all of it
     ts = two_stage(e, k_i2t, k_t2i, lambda_l, reduce, block_mb)
     out |= dict(k_i2t=k_i2t, k_t2i=k_t2i, two_stage_secs=ts['secs'], two_stage_stage1_secs=ts['stage1_secs'], two_stage_stage2_secs=ts['stage2_secs'])
     si, st = ranking_scores(s_g, *ts['i2t'], 'i2t'), ranking_scores(s_g, *ts['t2i'], 't2i')
-    out |= {f'two_stage_{k}': v for k, v in split_metrics(si, st, t2i, rel).items()}
+    out |= {f'two_stage_{k}': v for k, v in split_metrics(si, st, t2i, rel).items()}; keep('two_stage', si, st)
     for k in ks:
         ki, kt = min(k, data.n_captions), min(k, data.n_images)
         r = two_stage(e, ki, kt, lambda_l, reduce, block_mb)
@@ -396,11 +421,12 @@ def plot_k_curve(res:dict, ks, path=None):
         a.plot(ks, [res[f'k{k}_{d}_R@1'] for k in ks], 'o-', color=c, label=f'two-stage {d}')
         a.axhline(res[f'global_{d}_R@1'], color=c, ls=':', label=f'global {d}')
         if f'fused_{d}_R@1' in res: a.axhline(res[f'fused_{d}_R@1'], color=c, ls='--', label=f'exhaustive fused {d}')
-    a.set(xscale='log', xlabel='K (captions per image query, images per caption query)', ylabel='R@1 (%)'); a.legend(fontsize=7)
+    log = 'log' if len(ks) else 'linear'   # no K values (k_curve []): the levels alone
+    a.set(xscale=log, xlabel='K (captions per image query, images per caption query)', ylabel='R@1 (%)'); a.legend(fontsize=7)
     b.plot(ks, [res[f'k{k}_secs'] for k in ks], 'o-', label='two-stage')
     b.axhline(res['global_secs'], ls=':', color='k', label='global only')
     if 'fused_secs' in res: b.axhline(res['fused_secs'], ls='--', color='r', label='exhaustive fused')
-    b.set(xscale='log', yscale='log', xlabel='K', ylabel='seconds (from embeddings)'); b.legend(fontsize=7)
+    b.set(xscale=log, yscale=log, xlabel='K', ylabel='seconds (from embeddings)'); b.legend(fontsize=7)
     fig.tight_layout()
     if path:
         with atomic_write(path, 'wb') as f: fig.savefig(f, format='png', dpi=110)

@@ -25,9 +25,9 @@ __all__ = ['STOP_WORDS', 'THETAS', 'THRESHOLDS', 'THETA', 'caption_tags', 'pad_t
            'caption_truth', 'load_tag_truth', 'encode_dense', 'similarity_maps', 'pixel_scores', 'image_scores',
            'minmax_tags', 'select_tags', 'selection_metrics', 'selection_auc', 'choose_theta', 'normalise_maps',
            'mask_iou', 'embed_tags', 'truth_objects', 'mask_counts', 'object_balance', 'dense_eval', 'dense_summary',
-           'ttd_targets', 'TTDObjective', 'add_lora', 'build_ttd_model', 'ttd_validate', 'train_ttd', 'ttd_measure',
-           'ttd_table', 'caption_maps', 'example_maps', 'plot_examples', 'load_ttd_model', 'ttd_arguments',
-           'ttd_command']
+           'dense_queries', 'ttd_targets', 'TTDObjective', 'add_lora', 'build_ttd_model', 'ttd_validate', 'train_ttd',
+           'ttd_measure', 'ttd_table', 'caption_maps', 'example_maps', 'plot_examples', 'load_ttd_model',
+           'ttd_arguments', 'ttd_command']
 
 # %% ../nbs/18_ttd.ipynb #a9c6868d
 STOP_WORDS = frozenset('a an the of to on in at by for from with and or but is are was were be been it its this that these '
@@ -318,6 +318,25 @@ def dense_summary(val:dict, test:dict, theta:dict|None=None) -> dict:
                       object_balance=float(b.mean()) if len(b) else math.nan,
                       dominant_object_share=float(100 * (b < 0.5).float().mean()) if len(b) else math.nan)
 
+# %% ../nbs/18_ttd.ipynb #bab04590
+def dense_queries(test:dict, # `dense_eval` of the test split
+                  summary:dict) -> dict: # its `dense_summary`: the thresholds chosen on val
+    "Per-caption arrays at `summary`'s thresholds for `itr_nb.claims`: selection counts (f1:), tag scores (auc:), single-tag flags, caption mask IoU."
+    if test['truth'] is None: return {}
+    v = test['valid']; t = test['truth'] & v
+    multi, cap = t.sum(1) >= 2, torch.arange(len(v))[:, None].expand_as(v)
+    q = {}
+    for s in ('image', 'pixel'):
+        sel = select_tags(test[s], v, summary[f'{s}_theta'])
+        q |= {f'{s}_sel_tp': (sel & t).sum(1), f'{s}_sel_fp': (sel & ~t).sum(1), f'{s}_sel_fn': (~sel & t).sum(1),
+              f'{s}_sel_item_query': cap[v], f'{s}_sel_item_score': test[s][v], f'{s}_sel_item_label': t[v],
+              f'{s}_single_tag': (sel & t).sum(1)[multi] <= 1}   # multi-tag captions only
+    if 'cap_inter' in test and 'cap_mask_threshold' in summary:
+        k = int(np.argmin(np.abs(test['thresholds'] - summary['cap_mask_threshold'])))
+        q['cap_iou'] = test['cap_inter'][:, k] / test['cap_union'][:, k].clamp_min(1)
+    return {k: x.numpy() for k, x in q.items()}
+
+
 # %% ../nbs/18_ttd.ipynb #e31fb023
 def ttd_targets(tag_maps:Tensor, valid:Tensor, theta:float, argmax_only:bool=False) -> tuple:
     "(selected [B,T], per-tag targets [B,T,h,w], union target [B,h,w]) from tag maps [B,T,h,w], all without gradient."
@@ -411,12 +430,15 @@ def train_ttd(model:DualEncoder, objective:TTDObjective, train:SplitData, val:Sp
 # %% ../nbs/18_ttd.ipynb #560fe984
 def ttd_measure(model:DualEncoder, val:SplitData, test:SplitData, truth:dict, # {'val': TagTruth, 'test': TagTruth}
                 theta:float=-1.0, # a fixed selection threshold for both scorings; negative: chosen on val
-                argmax_only:bool=False) -> tuple:
+                argmax_only:bool=False,
+                queries:dict|None=None, prefix:str='') -> tuple: # filled with the test captions' `dense_queries`, keys prefixed
     "(dense numbers on test, with val_cap_miou / val_tag_miou / val_pixel_f1 from val itself; test R@1 and RSUM) of `model`."
     ev = {s: dense_eval(model, d, truth[s], argmax_only) for s, d in (('val', val), ('test', test))}
     r, fixed = evaluate_split(model, test, uni=False), dict(image=theta, pixel=theta) if theta >= 0 else None
     on_val = {f'val_{k}': v for k, v in dense_summary(ev['val'], ev['val'], fixed).items() if k in ('cap_miou', 'tag_miou', 'pixel_f1')}
-    return dense_summary(ev['val'], ev['test'], fixed) | on_val, {k: r[k] for k in ('i2t_R@1', 't2i_R@1', 'rsum')}
+    summary = dense_summary(ev['val'], ev['test'], fixed)
+    if queries is not None: queries.update({prefix + k: v for k, v in dense_queries(ev['test'], summary).items()})
+    return summary | on_val, {k: r[k] for k in ('i2t_R@1', 't2i_R@1', 'rsum')}
 
 def ttd_table(before:dict, ret_before:dict, after:dict, ret_after:dict):
     "A DataFrame: selecting every candidate, image- and pixel-level scoring of the baseline, pixel-level after TTD (NaN where absent)."

@@ -41,3 +41,49 @@ def test_ttd_baseline_from_init(tiny_benchmark, tmp_path):
     st = run_template('ttd', p, tmp_path/'ttd', progress=False)
     assert st['status'] == 'ok', st.get('error')
     assert json.loads((tmp_path/'ttd'/'baseline'/'best.json').read_text())['config']['dim'] == 24
+
+def test_tgdt_run_has_what_the_claims_compare(tiny_benchmark, tmp_path):
+    "A TGDT run from another run's towers (init) writes the four rankings' per-query arrays whose means are its metrics."
+    small = dict(dataset=str(tiny_benchmark), epochs=1, batch_size=32, image_size=32, workers=0)
+    st = run_template('train_eval', small | dict(dim=32), tmp_path/'init', progress=False)
+    assert st['status'] == 'ok', st.get('error')
+    spec = load_claims(ROOT/'experiments'/'claims_tgdt.yaml')
+    params = spec['params'] | small | dict(init=str(tmp_path/'init'), image_encoder='small-cnn', text_encoder='small-transformer',
+                                           freeze_text=False, dim=32, layers=1, heads=2, k_i2t=5, k_t2i=3)
+    st = run_template('tgdt', params, tmp_path/'tgdt', progress=False)
+    assert st['status'] == 'ok', st.get('error')
+    q, m = load_queries(tmp_path/'tgdt'), json.loads((tmp_path/'tgdt'/'metrics.json').read_text())
+    for c in spec['claims'].values():
+        for metric in (c['metric'], c['b_metric']):
+            prefix = metric.partition(':')[2]
+            for k in RSUM_KEYS:   # the per-query hits give back the template's recalls, ranking by ranking
+                assert 100 * np.mean(q[prefix + k]) == pytest.approx(m[prefix + k], abs=1e-9), prefix + k
+    assert 0 < m['two_stage_over_local_secs']   # T4's figure
+    # the claims compare rankings within one run: T1's difference is two-stage RSUM minus global RSUM, as the template reports them
+    import shutil
+    from itr_nb.claims import claims_report
+    shutil.copytree(tmp_path/'tgdt', tmp_path/'claims'/'tgdt'/'seed=0')
+    table = claims_report(spec | dict(out=tmp_path/'claims', seeds=[0], seeds_needed=1), n_boot=50)
+    assert list(table.index) == ['T1', 'T2', 'T3']
+    for name, (a, b) in dict(T1=('two_stage', 'global'), T2=('two_stage', 'fused'), T3=('local', 'global')).items():
+        assert table.loc[name, 'diff'] == pytest.approx(m[f'{a}_rsum'] - m[f'{b}_rsum'], abs=1e-6), name
+
+def test_ttd_run_has_what_the_claims_compare(tiny_benchmark, tmp_path):
+    "A TTD run with the claim file's parameters writes per-caption arrays before and after TTD whose claims are the template's numbers."
+    import shutil
+    from itr_nb.claims import claims_report
+    small = dict(dataset=str(tiny_benchmark), batch_size=32, image_size=32, workers=0)
+    st = run_template('train_eval', small | dict(epochs=1, dim=24), tmp_path/'init', progress=False)
+    assert st['status'] == 'ok', st.get('error')
+    spec = load_claims(ROOT/'experiments'/'claims_ttd.yaml')
+    st = run_template('ttd', spec['params'] | small | dict(init=str(tmp_path/'init'), limit_eval=20), tmp_path/'ttd', progress=False)
+    assert st['status'] == 'ok', st.get('error')
+    m = json.loads((tmp_path/'ttd'/'metrics.json').read_text())
+    shutil.copytree(tmp_path/'ttd', tmp_path/'claims'/'ttd'/'seed=0')
+    table = claims_report(spec | dict(out=tmp_path/'claims', seeds=[0], seeds_needed=1), n_boot=20)
+    assert list(table.index) == ['D1', 'D2', 'D3', 'D4', 'D5']
+    want = dict(D1=m['before_pixel_f1'] - m['before_image_f1'], D2=m['before_pixel_auc'] - m['before_image_auc'],
+                D3=m['before_single_tag_share_pixel'] - m['before_single_tag_share_image'],
+                D4=m['after_pixel_f1'] - m['before_pixel_f1'], D5=m['after_cap_miou'] - m['before_cap_miou'])
+    for name, w in want.items():   # each claim's point estimate is the difference of the numbers the template reports
+        assert table.loc[name, 'diff'] == pytest.approx(w, abs=1e-3), (name, table.loc[name, 'diff'], w)
