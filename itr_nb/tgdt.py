@@ -346,10 +346,14 @@ def ranking_scores(s_g:Tensor, # stage-1 scores, images x captions [N,M]
     s.scatter_(1, cand, fused)
     return s if direction == 'i2t' else s.T
 
+def _by_direction(a:dict, b:dict|None) -> dict:
+    "The entries of `a`, those of the t2i direction taken from `b` (when given): one ranking per direction."
+    return {k: (b if b is not None and 't2i_' in k else a)[k] for k in a}
+
 def split_metrics(s_i2t, s_t2i, txt2img, rel:dict|None=None) -> dict:
     "`itr_nb.metrics.evaluate` of two score matrices, i2t metrics from `s_i2t` and t2i metrics from `s_t2i`; RSUM of both."
     a, b = evaluate(s_i2t, txt2img, rel), evaluate(s_t2i, txt2img, rel) if s_t2i is not s_i2t else None
-    out = {k: (b if b is not None and 't2i_' in k else a)[k] for k in a if k != 'rsum'}
+    out = {k: v for k, v in _by_direction(a, b).items() if k != 'rsum'}
     out['rsum'] = sum(v for k, v in out.items() if k.split('_')[0] in ('i2t', 't2i') and k.split('_')[1].startswith('R@'))
     return out
 
@@ -372,10 +376,7 @@ def init_backbones(model:TGDT, init:str, # '' (none), 'student' (the pretrained 
 # %% ../nbs/17_tgdt.ipynb #172ca02c
 def _per_query(s_i2t, s_t2i, txt2img, rel) -> dict:
     "`itr_nb.metrics.query_metrics` of a ranking: i2t arrays from `s_i2t`, t2i arrays from `s_t2i` (the same matrix when None)."
-    a = query_metrics(s_i2t, txt2img, rel)
-    if s_t2i is None: return a
-    b = query_metrics(s_t2i, txt2img, rel)
-    return {k: (b if 't2i_' in k else a)[k] for k in a}
+    return _by_direction(query_metrics(s_i2t, txt2img, rel), None if s_t2i is None else query_metrics(s_t2i, txt2img, rel))
 
 def evaluate_tgdt(model:TGDT, data, k_i2t:int=50, k_t2i:int=100, lambda_l:float=1.0, reduce:str='mean',
                   ks=(), # extra two-stage runs with K captions and K images per query (clipped to the gallery)
