@@ -15,7 +15,7 @@ from .core import ItrError, data_root, get_device
 from .data import length_order
 from .shards import ShardData
 from .encoders import (EncoderOutput, image_encoder, text_encoder, cached_features, file_identity, local_path, hf_quiet,
-                             HFImage, SentenceTransformerText, split_identity)   # re-exported: they lived here
+                             HFImage, SentenceTransformerText, split_identity, text_feature_table)   # re-exported: they lived here
 from .losses import ContrastiveLoss, Temperature, gather_batch
 
 # %% auto #0
@@ -154,11 +154,11 @@ def teacher_features(data, # a `SplitData` (images from the image cache, or in m
     # the image cache's uint8 rows stream to the teacher in batches (made float on `device`): no float copy of the split
     img = cached_features(it, ident | dict(image_size=data.images.shape[-1], preprocess=pre.key() if pre else None), data.images, cache/f"{stem}_{_slug(it.spec)}.safetensors",
                           batch_size, tokens=False, device=device, desc='image teacher' if progress else None)
-    order, inv = length_order(data.split.captions)   # similar lengths pad less
-    txt = cached_features(tt, ident, [data.split.captions[j] for j in order], cache/f"{stem}_{_slug(tt.spec)}.safetensors",
-                          batch_size, tokens=False, device=device, desc='text teacher' if progress else None)
-    # the text cache stores rows in length order; the key's content hash ties that order to this split
-    return img.global_, txt.global_[inv]
+    # the text teacher's embeddings live in a caption table keyed by the tower and its weights (`text_feature_table`), the
+    # one a frozen text tower of the student uses: a student with a frozen MiniLM and the MiniLM teacher encode each caption once
+    table = text_feature_table(tt.encoder, data.split.captions, Path(cache_dir) if cache_dir else data_root()/'cache', batch_size, device,
+                               desc='text teacher' if progress else None)
+    return img.global_, table.lookup(data.split.captions)
 
 # %% ../nbs/16_cusa.ipynb #1f6f392b
 def teacher_auc(feats:Tensor, # teacher features [N,D]

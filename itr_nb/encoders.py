@@ -23,7 +23,8 @@ __all__ = ['local_path', 'hf_quiet', 'make_preprocess_cfg', 'SmallCNN', 'TimmIma
            'PrecompImage', 'HFText', 'masked_mean', 'minilm_path', 'SmallTextTransformer', 'CLIPText', 'OpenCLIPText',
            'HFImage', 'SentenceTransformerText', 'split_spec', 'image_encoder', 'text_encoder', 'FrozenBackbones',
            'head', 'DualEncoder', 'ModelConfig', 'image_encoder_for', 'build_model', 'file_identity', 'cached_features',
-           'FeatureTable', 'cache_text_features', 'caches_prefix', 'cache_image_features', 'split_identity']
+           'FeatureTable', 'text_feature_table', 'cache_text_features', 'TokenTable', 'text_token_table',
+           'cache_text_tokens', 'caches_prefix', 'cache_image_features', 'split_identity']
 
 # %% ../nbs/10_encoders.ipynb #101f2f49
 from .data import EncoderOutput   # defined in the data layer: precomputed region features are one too
@@ -787,34 +788,119 @@ class FeatureTable:
         if new:
             with torch.no_grad(), eval_mode(encoder): g = encoder(new).global_.float().cpu()
             self.index |= {c: self.n + k for k, c in enumerate(new)}; self.n += len(new); self.rows.append(g)
+        return EncoderOutput(self.lookup(texts).to(next(encoder.parameters()).device))
+
+    def lookup(self, texts) -> Tensor:
+        "Rows [len(texts),D] of `texts`, every one of which the table holds."
         if len(self.rows) > 1: self.rows = [torch.cat(self.rows)]
-        dev = next(encoder.parameters()).device
-        return EncoderOutput(self.rows[0][torch.as_tensor([self.index[t] for t in texts])].to(dev))
+        if miss := [t for t in texts if t not in self.index][:3]: raise ItrError(f"FeatureTable: no row for {miss}")
+        return self.rows[0][torch.as_tensor([self.index[t] for t in texts], dtype=torch.long)]
+
+class _Extend:
+    "Rows of an older table for the captions it holds, the tower's output for the rest: how `text_feature_table` grows a cache."
+    def __init__(self, enc, table): self.enc, self.table, self.spec = enc, table, getattr(enc, 'spec', None)
+    def __call__(self, texts) -> EncoderOutput:
+        old = [t in self.table.index for t in texts]
+        if all(old): return EncoderOutput(self.table.lookup(texts))
+        return EncoderOutput(torch.cat([self.table.lookup([t for t, o in zip(texts, old) if o]), self.enc(texts[sum(old):]).global_.float().cpu()]))
+
+def text_feature_table(enc:nn.Module, # a frozen text tower (its `spec` and weights key the cache)
+                       captions:list, # every caption to look up (duplicates are fine)
+                       cache_dir, batch_size:int=128, device='cpu', desc:str='caching text features') -> FeatureTable:
+    "A `FeatureTable` of `enc`'s embeddings of `captions`, cached under `cache_dir`: a cache of a superset serves, a smaller one grows by the missing captions."
+    import hashlib
+    caps = sorted(set(captions), key=lambda c: (len(c), c))   # similar lengths pad less
+    w = hashlib.sha1(str(getattr(enc, 'spec', type(enc).__name__)).encode()   # the tower (its pooling) and its weights
+                     + b''.join(q.detach().cpu().numpy().tobytes() for q in enc.state_dict().values())).hexdigest()
+    load = lambda have, path, e: cached_features(e, dict(captions=hashlib.sha1('\n'.join(have).encode()).hexdigest(), weights=w), have, path,
+                                                 batch_size=batch_size, tokens=False, device=device, desc=desc)
+    was = next(enc.parameters()).device
+    try:
+        old = None
+        for f in sorted(Path(cache_dir).glob(f"text-{w[:8]}-*.json")):
+            have = load_json(f, 'text feature cache captions')
+            if not f.with_suffix('.safetensors').exists(): continue
+            if set(caps) <= set(have): return FeatureTable(have, load(have, f.with_suffix('.safetensors'), enc).global_)   # serves as it is
+            if old is None or len(have) > len(old[1]): old = (f, have)
+        if old is not None:   # the largest cache grows: its rows are kept, only the captions it lacks are encoded
+            f, have = old; held = set(have)
+            base = FeatureTable(have, load(have, f.with_suffix('.safetensors'), enc).global_)
+            caps, enc_ = have + [c for c in caps if c not in held], _Extend(enc, base)
+        else: enc_ = enc
+        path = Path(cache_dir)/f"text-{w[:8]}-{hashlib.sha1(chr(10).join(caps).encode()).hexdigest()[:12]}.safetensors"
+        o = load(caps, path, enc_)
+        with atomic_write(path.with_suffix('.json')) as fh: fh.write(json.dumps(caps))   # what it holds, for later subsets
+        if old is not None: old[0].with_suffix('.safetensors').unlink(missing_ok=True); old[0].unlink(missing_ok=True)   # the new file holds it all
+        return FeatureTable(caps, o.global_)
+    finally: enc.to(was).eval()
 
 def cache_text_features(model:nn.Module, # a model with a frozen `text_enc`
                         captions:list, # every caption it will see (duplicates are fine)
-                        cache_dir, batch_size:int=256, device='cpu'):
-    "Attach a `FeatureTable` of the frozen text tower's embeddings of `captions` to `model`, computed once and cached under `cache_dir` (a cache of a superset serves too)."
-    import hashlib
+                        cache_dir, batch_size:int=128, device='cpu'):
+    "Attach a `text_feature_table` of the frozen text tower to `model`, so that it looks its captions up instead of encoding them."
     if not model.frozen.get('text_enc'): raise ItrError("cache_text_features: the text tower is trained (freeze_text=False), so its outputs change every step")
-    enc = model.text_enc
-    caps = sorted(set(captions), key=lambda c: (len(c), c))   # similar lengths pad less
-    h = hashlib.sha1('\n'.join(caps).encode()).hexdigest()
-    w = hashlib.sha1(b''.join(q.detach().cpu().numpy().tobytes() for q in enc.state_dict().values())).hexdigest()   # the weights themselves
-    for f in sorted(Path(cache_dir).glob(f"text-{w[:8]}-*.json")):   # a cache of a superset of these captions serves as it is
-        have = load_json(f, 'text feature cache captions')
-        if f.with_suffix('.safetensors').exists() and set(caps) <= set(have):
-            key = dict(captions=hashlib.sha1('\n'.join(have).encode()).hexdigest(), weights=w)
-            o = cached_features(enc, key, have, f.with_suffix('.safetensors'), batch_size=batch_size, tokens=False, device=device, desc='caching text features')
-            caps = have; break
-    else:
-        path = Path(cache_dir)/f"text-{w[:8]}-{h[:12]}.safetensors"
-        was = next(enc.parameters()).device
-        try: o = cached_features(enc, dict(captions=h, weights=w), caps, path, batch_size=batch_size, tokens=False, device=device, desc='caching text features')
-        finally: enc.to(was).eval()
-        with atomic_write(path.with_suffix('.json')) as fh: fh.write(json.dumps(caps))   # what it holds, for later subsets
-    model.feature_tables = getattr(model, 'feature_tables', {}) | {'text_enc': FeatureTable(caps, o.global_)}
+    table = text_feature_table(model.text_enc, captions, cache_dir, batch_size, device)
+    model.feature_tables = getattr(model, 'feature_tables', {}) | {'text_enc': table}
     return model
+
+
+# %% ../nbs/10_encoders.ipynb #27bd424c
+class TokenTable:
+    "A frozen text tower's token outputs per caption, read from a safetensors file as batches ask for them (memory-mapped): called with (captions, encoder) -> EncoderOutput; unseen captions are encoded live."
+    def __init__(self, path, captions:list):
+        from safetensors import safe_open
+        self.path, self.index = Path(path), {c: k for k, c in enumerate(captions)}
+        self._f = safe_open(str(path), 'pt')
+        self.offsets, self.global_ = self._f.get_tensor('offsets'), self._f.get_tensor('global')
+        self._tok = self._f.get_slice('tokens')
+
+    def __call__(self, texts, encoder) -> EncoderOutput:
+        dev = next(encoder.parameters()).device
+        if any(t not in self.index for t in texts):
+            with torch.no_grad(), eval_mode(encoder): return encoder(list(texts))
+        rows = [self.index[t] for t in texts]
+        toks = [self._tok[int(self.offsets[r]):int(self.offsets[r + 1])] for r in rows]
+        L = max(len(t) for t in toks)
+        tokens = torch.stack([F.pad(t.float(), (0, 0, 0, L - len(t))) for t in toks])
+        mask = torch.arange(L)[None] < torch.tensor([len(t) for t in toks])[:, None]
+        return EncoderOutput(self.global_[rows].to(dev), tokens.to(dev), mask.to(dev))
+
+def text_token_table(enc:nn.Module, # a frozen text tower that gives tokens and a mask (its `spec` and weights key the cache)
+                     captions:list, # every caption to look up (duplicates are fine)
+                     cache_dir, batch_size:int=128, device='cpu', desc:str='caching text tokens') -> TokenTable:
+    "A `TokenTable` of `enc`'s global and token outputs on `captions` (tokens in float16, each caption's own length), built once under `cache_dir`; a file of a superset serves too."
+    from safetensors.torch import save
+    from tqdm.auto import tqdm
+    caps = sorted(set(captions), key=lambda c: (len(c), c))
+    w = hashlib.sha1(str(getattr(enc, 'spec', type(enc).__name__)).encode()
+                     + b''.join(q.detach().cpu().numpy().tobytes() for q in enc.state_dict().values())).hexdigest()
+    for f in sorted(Path(cache_dir).glob(f"tokens-{w[:8]}-*.json")):
+        have = load_json(f, 'text token cache captions')
+        if f.with_suffix('.safetensors').exists() and set(caps) <= set(have): return TokenTable(f.with_suffix('.safetensors'), have)
+    path = Path(cache_dir)/f"tokens-{w[:8]}-{hashlib.sha1(chr(10).join(caps).encode()).hexdigest()[:12]}.safetensors"
+    was = next(enc.parameters()).device
+    gs, ts, lens = [], [], []
+    try:
+        with torch.no_grad(), eval_mode(enc.to(device)):
+            for i in tqdm(range(0, len(caps), batch_size), desc=desc, leave=False, disable=desc is None):
+                o = enc(caps[i:i + batch_size])
+                if o.tokens is None or o.mask is None: raise ItrError(f"text_token_table: text encoder {getattr(enc, 'spec', type(enc).__name__)} gives no tokens and mask")
+                gs.append(o.global_.float().cpu()); m = o.mask.cpu()
+                ts.append(o.tokens.cpu().to(torch.float16)[m]); lens.append(m.sum(1))
+    finally: enc.to(was)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cat(lens).cumsum(0)])
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, 'wb') as fh: fh.write(save(dict(tokens=torch.cat(ts), offsets=offsets, **{'global': torch.cat(gs)})))
+    with atomic_write(path.with_suffix('.json')) as fh: fh.write(json.dumps(caps))
+    return TokenTable(path, caps)
+
+def cache_text_tokens(model:nn.Module, # a model (e.g. TGDT) with a frozen `text_enc` whose tokens it reads
+                      captions:list, cache_dir, batch_size:int=128, device='cpu'):
+    "Attach a `text_token_table` of the frozen text tower to `model`: its captions' tokens are read from disk instead of encoded."
+    if not model.frozen.get('text_enc'): raise ItrError("cache_text_tokens: the text tower is trained (freeze_text=False), so its outputs change every step")
+    model.feature_tables = getattr(model, 'feature_tables', {}) | {'text_enc': text_token_table(model.text_enc, captions, cache_dir, batch_size, device)}
+    return model
+
 
 # %% ../nbs/10_encoders.ipynb #c1eee853
 class _FromUint8(nn.Module):

@@ -18,7 +18,8 @@ from .shards import ShardData
 from .precomp import RegionFeatures
 from .splits import SplitData, load_split, load_splits, pair_batches, steps_per_epoch, epoch_captions   # re-exported: they lived here
 from .encoders import (image_encoder, split_spec, text_encoder, DualEncoder, EncoderOutput, local_path, clip_tower_config,
-                             ModelConfig, image_encoder_for, build_model, cache_image_features, caches_prefix, cache_text_features)   # re-exported: they lived here
+                             ModelConfig, image_encoder_for, build_model, cache_image_features, caches_prefix, cache_text_features,
+                             cache_text_tokens)   # re-exported: they lived here
 from .losses import ContrastiveLoss, ContrastiveObjective   # re-exported: it lived here
 from .metrics import evaluate, unimodal_metrics
 from .synth import ensure_benchmark
@@ -139,7 +140,8 @@ def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train
                     model_config:dict|None=None, # what checkpoints record to rebuild the model (default: `model_cfg`)
                     batch_fn=None, # batch_fn(batch, epoch) -> batch, applied to every training batch (e.g. a text augmentation)
                     workers:int=0, # DataLoader worker processes for the training batches
-                    augment:str='none'): # 'none' | 'crop' | 'crop+flip' (see `itr_nb.data.augment_image`)
+                    augment:str='none', # 'none' | 'crop' | 'crop+flip' (see `itr_nb.data.augment_image`)
+                    test_captions=()): # captions a frozen text tower is asked for after training (the test split's): cached with the rest
     "Build (unless given) and train a dual encoder on `train` through `itr_nb.train.train_pairs`, validating retrieval on `val`; returns (model, objective, history)."
     ddp_setup(train_cfg.device)   # join torchrun's process group (if any) before building the model, as `train_pairs` would
     model = model or build_model(model_cfg, train_cfg.seed, train)
@@ -147,8 +149,9 @@ def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train
     dev = get_device(train_cfg.device)
     if model.frozen.get('image_enc') or caches_prefix(model):
         for d in (train, val): cache_image_features(model, d, cache_dir, device=dev)
-    if model.frozen.get('text_enc') and isinstance(model, DualEncoder):   # global text embeddings suffice (TGDT needs the tokens)
-        cache_text_features(model, train.split.captions + val.split.captions, cache_dir or data_root()/'cache', device=dev)
+    if model.frozen.get('text_enc'):   # a dual encoder reads global text embeddings, TGDT the tokens: both from disk
+        (cache_text_features if isinstance(model, DualEncoder) else cache_text_tokens)(model, train.split.captions + val.split.captions + list(test_captions),
+                                                                                       cache_dir or data_root()/'cache', device=dev)
     objective = objective or ContrastiveObjective()
     # Departure (stated, issue 17): the best epoch is chosen on `val`; CUSA's official code chooses its checkpoint on the
     # test split. No option restores that (it would tune on the test set).

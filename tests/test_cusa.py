@@ -136,28 +136,34 @@ class CountingTeacher(Teacher):
 
 def test_teacher_cache_reused_and_rebuilt_when_stale(tiny, tmp_path, capsys):
     va = load_split(tiny, 'val', 32, progress=False)
-    ti, tt = CountingTeacher('small-cnn', 'image', 32), CountingTeacher('small-transformer', 'text')
+    ti, tt = CountingTeacher('small-cnn', 'image', 32), Teacher('small-transformer', 'text')
+    texts = []; tt.encoder.register_forward_hook(lambda m, inp, out: texts.extend(inp[0]))   # what the text tower encodes
     fi, ft = teacher_features(va, tiny, ti, tt, cache_dir=tmp_path, progress=False)
-    assert (ti.items, tt.items) == (50, 250) and fi.shape == (50, 128) and ft.shape == (250, 128)
-    # the text rows follow the split's caption order (the cache stores them sorted by length)
+    assert ti.items == 50 and sorted(texts) == sorted(set(va.split.captions)) and fi.shape == (50, 128) and ft.shape == (250, 128)
+    # the text rows follow the split's caption order (the table stores them sorted by length)
     with torch.no_grad(): assert torch.allclose(ft[5], tt.encoder([va.split.captions[5]]).global_[0], atol=1e-5)
-    tt.items = 0
+    texts.clear()
     fi2, ft2 = teacher_features(va, tiny, ti, tt, cache_dir=tmp_path, progress=False)
-    assert (ti.items, tt.items) == (50, 0) and torch.equal(fi, fi2) and torch.equal(ft, ft2)
-    # another subset of the split (same file names, other content) is stale: rebuilt, not reused
+    assert (ti.items, texts) == (50, []) and torch.equal(fi, fi2) and torch.equal(ft, ft2)
+    # another subset of the split (same file names, other content): the image file is stale, rebuilt, not reused;
+    # the caption table, keyed by the captions it holds, serves a subset as it is
     sub = load_split(tiny, 'val', 32, limit=10, progress=False)
-    ti3, tt3 = CountingTeacher('small-cnn', 'image', 32), CountingTeacher('small-transformer', 'text')
-    teacher_features(sub, tiny, ti3, tt3, cache_dir=tmp_path, progress=False)
-    assert (ti3.items, tt3.items) == (10, 50)
-    # a rewritten dataset file (new modification time) makes the cache stale as well
+    ti3 = CountingTeacher('small-cnn', 'image', 32)
+    _, ft3 = teacher_features(sub, tiny, ti3, tt, cache_dir=tmp_path, progress=False)
+    assert (ti3.items, texts) == (10, []) and torch.equal(ft3, ft[:50])
+    # a rewritten dataset file (new modification time) makes the image cache stale as well
     import os; st = os.stat(tiny); os.utime(tiny, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    ti4, tt4 = CountingTeacher('small-cnn', 'image', 32), CountingTeacher('small-transformer', 'text')
-    teacher_features(va, tiny, ti4, tt4, cache_dir=tmp_path, progress=False)
-    assert (ti4.items, tt4.items) == (50, 250) and 'stale' in capsys.readouterr().out
-    # another teacher (input size) for the same split: its own file, the text cache still used
-    ti5, tt5 = CountingTeacher('small-cnn', 'image', 48), CountingTeacher('small-transformer', 'text')
-    teacher_features(va, tiny, ti5, tt5, cache_dir=tmp_path, progress=False)
-    assert (ti5.items, tt5.items) == (50, 0)
+    ti4 = CountingTeacher('small-cnn', 'image', 32)
+    teacher_features(va, tiny, ti4, tt, cache_dir=tmp_path, progress=False)
+    assert (ti4.items, texts) == (50, []) and 'stale' in capsys.readouterr().out
+    # another teacher (input size) for the same split: its own file, the text table still used
+    ti5 = CountingTeacher('small-cnn', 'image', 48)
+    teacher_features(va, tiny, ti5, tt, cache_dir=tmp_path, progress=False)
+    assert (ti5.items, texts) == (50, [])
+    # another text tower (other weights) gets its own table
+    tt6 = Teacher('small-transformer', 'text'); n6 = []; tt6.encoder.register_forward_hook(lambda m, inp, out: n6.extend(inp[0]))
+    teacher_features(va, tiny, ti5, tt6, cache_dir=tmp_path, progress=False)
+    assert sorted(n6) == sorted(set(va.split.captions))
 
 def test_teacher_specs():
     with pytest.raises(ItrError, match='modality'): Teacher('minilm', 'audio')

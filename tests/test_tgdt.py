@@ -253,3 +253,19 @@ def test_evaluate_on_a_given_device(tiny_benchmark):
     assert all(e[k].device.type == 'cpu' for k in ('x', 'y', 'img_tokens', 'txt_tokens'))
     r = evaluate_tgdt(m, te, 5, 3, device=torch.device('cpu'))
     assert r['two_stage_secs'] > 0 and 0 <= r['two_stage_rsum'] <= 600
+
+
+def test_tgdt_reads_frozen_text_tokens_from_disk(tmp_path):
+    "A frozen text tower's tokens from `cache_text_tokens` give TGDT's text branch what the tower's own tokens, rounded to float16, give it."
+    from itr_nb.encoders import SmallCNN, SmallTextTransformer, EncoderOutput, cache_text_tokens
+    torch.manual_seed(0)
+    m = TGDT(SmallCNN(widths=(8, 16)), SmallTextTransformer(dim=16), dim=16, layers=1, heads=2, image_size=32, freeze_text=True).eval()
+    caps = ['a red square', 'two blue circles above a small cat', 'a cat']
+    with torch.no_grad():
+        live = m.text_enc(caps)
+        ref = m.encode_text(EncoderOutput(live.global_, (live.tokens.half().float() * live.mask[..., None]), live.mask))
+        cache_text_tokens(m, caps + ['a green star'], tmp_path)
+        got = m.encode_text(caps)
+    assert torch.equal(got['txt_mask'], ref['txt_mask'])
+    for k in ('y', 'txt_tokens'): assert torch.allclose(got[k], ref[k], atol=1e-5), k
+    with pytest.raises(ItrError, match='trained'): cache_text_tokens(TGDT(SmallCNN(widths=(8, 16)), SmallTextTransformer(dim=16), dim=16, layers=1, heads=2, image_size=32), caps, tmp_path)
