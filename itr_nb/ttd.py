@@ -218,9 +218,19 @@ def truth_objects(truth:TagTruth, T:int, # tags per caption (the padded width)
 def mask_counts(maps:Tensor, # normalised maps [..., S, S]
                 true:Tensor, # boolean true masks [..., S, S]
                 thresholds:Tensor) -> tuple: # [n] thresholds on the maps
-    "(intersection, union) pixel counts [..., n] of `maps >= v` with `true` for each threshold v, on the CPU."
-    ps = torch.stack([maps >= v for v in thresholds], -1); q = true[..., None]
-    return (ps & q).sum((-3, -2)).float().cpu(), (ps | q).sum((-3, -2)).float().cpu()
+    "(intersection, union) pixel counts [..., n] of `maps >= v` with `true` for each threshold v, on the CPU (one pass over the pixels, whatever n)."
+    th = torch.as_tensor(thresholds, dtype=maps.dtype, device=maps.device)
+    srt, order = th.sort(); n, lead = len(th), maps.shape[:-2]
+    m, P = math.prod(lead), maps.shape[-2] * maps.shape[-1]
+    x, q = maps.reshape(m, P), true.reshape(m, P)
+    b = torch.bucketize(x, srt, right=True).masked_fill_(x.isnan(), 0)                  # how many thresholds each pixel reaches
+    b += torch.arange(m, device=b.device)[:, None] * (n + 1)                              # one histogram per map
+    hist = lambda sel: torch.bincount(b[sel], minlength=m * (n + 1)).view(m, n + 1)
+    reach = lambda h: h.flip(-1).cumsum(-1).flip(-1)[:, 1:]                              # [m,n]: pixels at or above each threshold
+    inter, union = reach(hist(q)), q.sum(-1, keepdim=True) + reach(hist(~q))
+    back = order.argsort()                                                                # the thresholds' own order
+    return inter[:, back].reshape(*lead, n).float().cpu(), union[:, back].reshape(*lead, n).float().cpu()
+
 
 # %% ../nbs/18_ttd.ipynb #6ed5573f
 def object_balance(cap:Tensor, # normalised caption maps [c,S,S]

@@ -41,6 +41,15 @@ def test_ttd_baseline_from_init(tiny_benchmark, tmp_path):
     st = run_template('ttd', p, tmp_path/'ttd', progress=False)
     assert st['status'] == 'ok', st.get('error')
     assert json.loads((tmp_path/'ttd'/'baseline'/'best.json').read_text())['config']['dim'] == 24
+    # epochs 0 takes the init checkpoint itself as the baseline: nothing trained before TTD, its retrieval is the init's
+    st = run_template('ttd', p | dict(epochs=0), tmp_path/'ttd0', progress=False)
+    assert st['status'] == 'ok', st.get('error')
+    assert not (tmp_path/'ttd0'/'baseline').exists()
+    from itr_nb.retrieval import init_model, run_splits, ModelConfig, evaluate_split
+    model, _ = init_model(str(tmp_path/'init'), ModelConfig())
+    *_, (_, _, test) = run_splits(str(tiny_benchmark), 'small-cnn', 32, 'auto', '', '', 0, 10, 0)
+    m = json.loads((tmp_path/'ttd0'/'metrics.json').read_text())
+    assert abs(m['before_rsum'] - evaluate_split(model.eval(), test, uni=False)['rsum']) < 1e-9
 
 def test_tgdt_run_has_what_the_claims_compare(tiny_benchmark, tmp_path):
     "A TGDT run from another run's towers (init) writes the four rankings' per-query arrays whose means are its metrics."
