@@ -55,9 +55,15 @@ def test_sweep_over_two_seeds(tiny_benchmark, tmp_path):
     assert (tmp_path/'sw'/'summary.md').read_text().count('\n') >= 2 and (tmp_path/'sw'/'summary.csv').exists()
 
 def test_main_stages_file():
+    from itr_nb.retrieval import STUDENT
     stages = load_main()
     assert stages[0]['name'] == 'baseline'
     for s in stages: check_params(ROOT/'experiments'/f"{s['template']}.ipynb", s.get('params', {}))
+    # the baseline is the student; every other stage (a small version of one claim) starts from it
+    b = stages[0]['params']
+    assert (b['image_encoder'], b['text_encoder'], b['freeze_text']) == (STUDENT.image_encoder, STUDENT.text_encoder, STUDENT.freeze_text)
+    assert [s['params'].get('init') for s in stages[1:]] == ['runs/main/baseline'] * (len(stages) - 1)
+    assert {s['template'] for s in stages[1:]} == {'cusa', 'tgdt', 'ttd'}
 
 def test_cli_help_and_errors(tmp_path):
     exe = str(Path(sys.executable).parent/'itr-nb')
