@@ -137,7 +137,7 @@ def teacher_features(data, # a `SplitData` (images from the image cache, or in m
                      image_teacher='efficientnet-lite0', # spec or `Teacher`
                      text_teacher='minilm', # spec or `Teacher`
                      teacher_size:int|None=None, # image teacher input size (None: the split's)
-                     cache_dir=None, # default data/cache/cusa
+                     cache_dir=None, # default data/cache/cusa for the image teacher, data/cache for the text teacher's caption table
                      batch_size:int=128,
                      device=None, # where the teachers run (default: the run's, CUDA when there is one)
                      progress:bool=True) -> tuple:

@@ -844,7 +844,7 @@ def cache_text_features(model:nn.Module, # a model with a frozen `text_enc`
     return model
 
 
-# %% ../nbs/10_encoders.ipynb #27bd424c
+# %% ../nbs/10_encoders.ipynb #844b1800
 class TokenTable:
     "A frozen text tower's token outputs per caption, read from a safetensors file as batches ask for them (memory-mapped): called with (captions, encoder) -> EncoderOutput; unseen captions are encoded live."
     def __init__(self, path, captions:list):
