@@ -23,7 +23,7 @@ __all__ = ['local_path', 'hf_quiet', 'make_preprocess_cfg', 'SmallCNN', 'TimmIma
            'PrecompImage', 'HFText', 'masked_mean', 'minilm_path', 'SmallTextTransformer', 'CLIPText', 'OpenCLIPText',
            'HFImage', 'SentenceTransformerText', 'split_spec', 'image_encoder', 'text_encoder', 'FrozenBackbones',
            'head', 'DualEncoder', 'ModelConfig', 'image_encoder_for', 'build_model', 'file_identity', 'cached_features',
-           'FeatureTable', 'text_feature_table', 'cache_text_features', 'TokenTable', 'text_token_table',
+           'FeatureTable', 'tower_key', 'text_feature_table', 'cache_text_features', 'TokenTable', 'text_token_table',
            'cache_text_tokens', 'caches_prefix', 'cache_image_features', 'split_identity']
 
 # %% ../nbs/10_encoders.ipynb #101f2f49
@@ -796,6 +796,11 @@ class FeatureTable:
         if miss := [t for t in texts if t not in self.index][:3]: raise ItrError(f"FeatureTable: no row for {miss}")
         return self.rows[0][torch.as_tensor([self.index[t] for t in texts], dtype=torch.long)]
 
+def tower_key(enc:nn.Module) -> str:
+    "A hash of a frozen tower's spec (its pooling, its overrides) and its weights: what its cached outputs depend on."
+    spec = str(getattr(enc, 'spec', type(enc).__name__)).encode()
+    return hashlib.sha1(spec + b''.join(q.detach().cpu().numpy().tobytes() for q in enc.state_dict().values())).hexdigest()
+
 class _Extend:
     "Rows of an older table for the captions it holds, the tower's output for the rest: how `text_feature_table` grows a cache."
     def __init__(self, enc, table): self.enc, self.table, self.spec = enc, table, getattr(enc, 'spec', None)
@@ -808,10 +813,8 @@ def text_feature_table(enc:nn.Module, # a frozen text tower (its `spec` and weig
                        captions:list, # every caption to look up (duplicates are fine)
                        cache_dir, batch_size:int=128, device='cpu', desc:str='caching text features') -> FeatureTable:
     "A `FeatureTable` of `enc`'s embeddings of `captions`, cached under `cache_dir`: a cache of a superset serves, a smaller one grows by the missing captions."
-    import hashlib
     caps = sorted(set(captions), key=lambda c: (len(c), c))   # similar lengths pad less
-    w = hashlib.sha1(str(getattr(enc, 'spec', type(enc).__name__)).encode()   # the tower (its pooling) and its weights
-                     + b''.join(q.detach().cpu().numpy().tobytes() for q in enc.state_dict().values())).hexdigest()
+    w = tower_key(enc)
     load = lambda have, path, e: cached_features(e, dict(captions=hashlib.sha1('\n'.join(have).encode()).hexdigest(), weights=w), have, path,
                                                  batch_size=batch_size, tokens=False, device=device, desc=desc)
     was = next(enc.parameters()).device
@@ -872,8 +875,7 @@ def text_token_table(enc:nn.Module, # a frozen text tower that gives tokens and 
     from safetensors.torch import save
     from tqdm.auto import tqdm
     caps = sorted(set(captions), key=lambda c: (len(c), c))
-    w = hashlib.sha1(str(getattr(enc, 'spec', type(enc).__name__)).encode()
-                     + b''.join(q.detach().cpu().numpy().tobytes() for q in enc.state_dict().values())).hexdigest()
+    w = tower_key(enc)
     for f in sorted(Path(cache_dir).glob(f"tokens-{w[:8]}-*.json")):
         have = load_json(f, 'text token cache captions')
         if f.with_suffix('.safetensors').exists() and set(caps) <= set(have): return TokenTable(f.with_suffix('.safetensors'), have)
