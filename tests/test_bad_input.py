@@ -115,12 +115,18 @@ def test_teacher_cache_from_another_dataset_is_not_used(tiny_benchmark, tmp_path
     teachers = lambda: (Teacher('small-cnn', 'image'), Teacher('small-transformer', 'text'))
     torch.manual_seed(0); fa, ta = teacher_features(A, tiny_benchmark, *teachers(), cache_dir=tmp_path/'a', progress=False)
     torch.manual_seed(0); fb, tb = teacher_features(B, other, *teachers(), cache_dir=tmp_path/'b', progress=False)   # B's own
-    for fa_file in (tmp_path/'a').iterdir():                                   # A's cache files under B's names
+    a_files = sorted((tmp_path/'a').iterdir())
+    for fa_file in a_files:                                                     # A's image-teacher file under B's name
+        if fa_file.name.startswith('text-'): continue
         fb_file = next(f for f in (tmp_path/'b').iterdir() if f.name.split('_', 2)[-1] == fa_file.name.split('_', 2)[-1])
         shutil.copy(fa_file, fb_file)
+    # the text teacher's caption table: A's rows under B's table name, beside B's caption list
+    pick = lambda d: next(f for f in sorted(d.iterdir()) if f.name.startswith('text-') and f.suffix == '.safetensors')
+    shutil.copy(pick(tmp_path/'a'), pick(tmp_path/'b'))
     capsys.readouterr()
     torch.manual_seed(0); fb2, tb2 = teacher_features(B, other, *teachers(), cache_dir=tmp_path/'b', progress=False)
     out = capsys.readouterr().out
     assert 'is stale (' in out and 'content' in out and 'dataset' in out and str(tmp_path/'b') in out, out
+    assert out.count('is stale (') == 2 and 'captions' in out, out   # the caption table too, named by what differs
     print('\n[teacher cache of another dataset]', out.strip().splitlines()[0])
     assert torch.equal(fb2, fb) and torch.equal(tb2, tb) and not torch.equal(fb2[:5], fa[:5])
