@@ -149,7 +149,8 @@ def train_retrieval(train:SplitData, val:SplitData, model_cfg:ModelConfig, train
     dev = get_device(train_cfg.device)
     if model.frozen.get('image_enc') or caches_prefix(model):
         for d in (train, val): cache_image_features(model, d, cache_dir, device=dev)
-    if model.frozen.get('text_enc'):   # a dual encoder reads global text embeddings, TGDT the tokens: both from disk
+    if model.frozen.get('text_enc') and not isinstance(train, ShardData):   # a dual encoder reads global text embeddings, TGDT the tokens, both from
+        # disk; streamed shards have no caption list, so their captions are encoded as they come (memory does not grow with the corpus)
         (cache_text_features if isinstance(model, DualEncoder) else cache_text_tokens)(model, train.split.captions + val.split.captions + list(test_captions),
                                                                                        cache_dir or data_root()/'cache', device=dev)
     objective = objective or ContrastiveObjective()

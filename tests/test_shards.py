@@ -92,3 +92,14 @@ def test_sample_without_caption_names_shard_and_key(shards, tmp_path):
         list(pair_batches(shard_data(f'{tmp_path}/bad/{{00000..00001}}.tar', Preprocess(32)), 10, workers=2))
     with pytest.raises(ItrError, match=r"00000\.tar: sample 000000013 has no caption"):
         read_shard_split([str(p) for p in paths])
+
+def test_frozen_text_tower_on_shards_streams_its_captions(shards, tiny_benchmark, tmp_path):
+    "Shards have no caption list to cache: a frozen text tower (dual encoder or TGDT) encodes the streamed captions as they come."
+    from itr_nb.experiment import run_template
+    pattern, _, _ = shards
+    small = dict(dataset=pattern, eval_dataset=str(tiny_benchmark), epochs=1, batch_size=20, dim=16, image_size=32, workers=0,
+                 freeze_text=True)
+    st = run_template('train_eval', small, tmp_path/'de', progress=False)
+    assert st['status'] == 'ok', st.get('error')
+    st = run_template('tgdt', small | dict(layers=1, heads=2, k_i2t=5, k_t2i=3, k_curve=[]), tmp_path/'tgdt', progress=False)
+    assert st['status'] == 'ok', st.get('error')
