@@ -14,14 +14,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.itr_nb-installed
 want=$(cat pyproject.toml run.sh | sha256sum | cut -c1-16)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+# main needs the project; test also needs its dev extras (pytest, the docs site, the browser check): installed on first use
+extras=$([ "${1:-}" = test ] && echo "[dev]" || echo "")
+have=$(cat "$stamp" 2>/dev/null || true)
+if [ "$have" != "$want [dev]" ] && [ "$have" != "$want $extras" ]; then
   echo "[itr_nb] installing into .venv (torch 2.14.1 + torchvision 0.29.1, see README)"
   .venv/bin/python -m pip install -q --upgrade pip
   # torch and torchvision first, pinned as a pair, so the resolver never reaches for another build
   .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -e ".$extras"
   .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
-  echo "$want" > "$stamp"
+  echo "$want $extras" > "$stamp"
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYDEVD_DISABLE_FILE_VALIDATION=1
 job=${1:-}; shift || true
