@@ -14,8 +14,8 @@ from .core import ItrError, atomic_write, load_json, save_json
 
 # %% auto #0
 __all__ = ['RSUM_KEYS', 'save_queries', 'load_queries', 'metric_value', 'Comparison', 'paired_bootstrap', 'verdict',
-           'load_claims', 'claim_runs', 'run_claims', 'compare_claim', 'plot_claims', 'claims_report', 'show_claims',
-           'claims_arguments', 'claims_command']
+           'load_claims', 'claim_runs', 'run_claims', 'compare_claim', 'arms_table', 'arms_wide', 'plot_claims',
+           'claims_report', 'show_claims', 'claims_arguments', 'claims_command']
 
 # %% ../nbs/14_claims.ipynb #7fca8ec5
 def save_queries(path, arrays:dict, prefix:str=''):
@@ -106,10 +106,10 @@ def verdict(c:Comparison, direction:str='higher', margin:float=0.0) -> str:
     raise ItrError(f"direction must be 'higher', 'lower' or 'at least', got {direction!r}")
 
 # %% ../nbs/14_claims.ipynb #cl18a001
-_FIELDS = ('template', 'params', 'arms', 'seeds', 'claims', 'select', 'out', 'seeds_needed')
+_FIELDS = ('template', 'params', 'arms', 'seeds', 'claims', 'select', 'report', 'out', 'seeds_needed')
 
 def load_claims(path) -> dict:
-    "Read and check a claim file: template, params, arms, seeds, claims (or select), out."
+    "Read and check a claim file: template, params, arms, seeds, claims (or select), report, out."
     import yaml
     p = Path(path)
     try: spec = yaml.safe_load(p.read_text())
@@ -125,6 +125,8 @@ def load_claims(path) -> dict:
             if k not in c: raise ItrError(f"{p}: claims.{name}.{k} missing")
         for k in ('a', 'b'):
             if c[k] not in spec['arms']: raise ItrError(f"{p}: claims.{name}.{k} = {c[k]!r} is not an arm ({', '.join(spec['arms'])})")
+    if not (isinstance(r := spec.get('report', []), list) and all(isinstance(k, str) for k in r)):
+        raise ItrError(f"{p}: field 'report' must be a list of metrics.json keys, got {r!r}")
     from itr_nb.experiment import runs_root
     spec = dict(params={}, claims={}, seeds_needed=len(spec['seeds'])) | spec
     spec['out'], spec['name'], spec['path'] = Path(spec.get('out') or runs_root()/p.stem), p.stem, p
@@ -197,6 +199,25 @@ def compare_claim(spec:dict, c:dict, n_boot:int=2000) -> dict:
     if len(seeds) < spec['seeds_needed']: v = f"incomplete ({len(seeds)} of {spec['seeds_needed']} seeds)"
     return row | dict(mean_a=cmp.a, mean_b=cmp.b, diff=cmp.diff, lo=cmp.lo, hi=cmp.hi, per_seed=[round(x, 3) for x in cmp.per_seed], verdict=v)
 
+# %% ../nbs/14_claims.ipynb #cl18c010
+def arms_table(spec:dict) -> 'pd.DataFrame':
+    "Mean, std, min and max over each arm's finished seeds of the claim file's `report` keys (from metrics.json): reported beside the claims, not tested."
+    import pandas as pd
+    rows = []
+    for arm in spec['arms']:
+        ms = [load_json(d/'metrics.json') for a, _, _, d in claim_runs(spec) if a == arm and _finished(d)]
+        for k in spec.get('report') or []:
+            v = np.array([m[k] for m in ms if isinstance(m.get(k), (int, float))], np.float64)
+            rows.append(dict(arm=arm, metric=k, seeds=len(v), mean=v.mean() if len(v) else np.nan, std=v.std(ddof=1) if len(v) > 1 else np.nan,
+                             min=v.min() if len(v) else np.nan, max=v.max() if len(v) else np.nan))
+    return pd.DataFrame(rows, columns=['arm', 'metric', 'seeds', 'mean', 'std', 'min', 'max'])
+
+def arms_wide(t) -> 'pd.DataFrame':
+    "`arms_table` as a metric x arm grid of 'mean ± std [min, max] (seeds)' cells (what claims.md shows)."
+    cell = lambda r: '-' if not r.seeds else f"{r['mean']:.2f}" + ('' if r.seeds < 2 else f" ± {r['std']:.2f} [{r['min']:.2f}, {r['max']:.2f}]") + f" ({r.seeds})"
+    return t.assign(cell=t.apply(cell, axis=1)).pivot(index='metric', columns='arm', values='cell').reindex(index=list(dict.fromkeys(t.metric)), columns=list(dict.fromkeys(t.arm)))
+
+
 # %% ../nbs/14_claims.ipynb #cl18c001
 def plot_claims(table, title:str=''):
     "Each claim's paired difference with its 95% interval (a forest plot), coloured by verdict."
@@ -212,7 +233,7 @@ def plot_claims(table, title:str=''):
     return fig
 
 def claims_report(spec:dict, n_boot:int=2000):
-    "The claim table (or a selection's choice) of a claim file's runs; writes claims.md, claims.csv and claims.png to its runs folder."
+    "The claim table (or a selection's choice) of a claim file's runs; writes claims.md, claims.csv, arms.csv and claims.png to its runs folder."
     import pandas as pd
     out = Path(spec['out'])
     if spec.get('select'): return _select(spec)
@@ -220,8 +241,11 @@ def claims_report(spec:dict, n_boot:int=2000):
     out.mkdir(parents=True, exist_ok=True)
     num = [k for k in ('mean_a', 'mean_b', 'diff', 'lo', 'hi') if k in table]
     shown = table.copy(); shown[num] = shown[num].astype(float).round(2)
-    with atomic_write(out/'claims.md') as f: f.write(f"# {spec['name']}\n\n{shown.to_markdown()}\n")
+    arms = arms_table(spec)
+    beside = f"\n## Each arm (mean ± std [min, max] over seeds; not tested)\n\n{arms_wide(arms).to_markdown()}\n" if len(arms) else ''
+    with atomic_write(out/'claims.md') as f: f.write(f"# {spec['name']}\n\n{shown.to_markdown()}\n{beside}")
     with atomic_write(out/'claims.csv') as f: f.write(table.to_csv())
+    with atomic_write(out/'arms.csv') as f: f.write(arms.to_csv(index=False))
     fig = plot_claims(table, spec['name'])
     with atomic_write(out/'claims.png', 'wb') as f: fig.savefig(f, format='png', dpi=110)
     import matplotlib.pyplot as plt; plt.close(fig)
@@ -230,7 +254,7 @@ def claims_report(spec:dict, n_boot:int=2000):
 # %% ../nbs/14_claims.ipynb #cl18d001
 def show_claims(name:str, # a claim file's stem, e.g. 'claims_cusa'
                 runs=None): # the runs folder (default: `itr_nb.core.runs_root()`)
-    "The claim table (a DataFrame) of `runs/<name>/claims.csv` with its forest plot shown, or None and the command to run."
+    "The claim table (a DataFrame) of `runs/<name>/claims.csv` with its forest plot and arms table shown, or None and the command to run."
     import pandas as pd
     from itr_nb.core import runs_root
     d = Path(runs or runs_root())/name
@@ -240,6 +264,9 @@ def show_claims(name:str, # a claim file's stem, e.g. 'claims_cusa'
     if (d/'claims.png').exists():
         from IPython.display import Image, display
         display(Image(filename=str(d/'claims.png')))
+    if (d/'arms.csv').exists():   # the numbers reported beside the claims
+        from IPython.display import display, Markdown
+        display(Markdown(f"Each arm, mean ± std [min, max] over seeds (not tested):\n\n{arms_wide(pd.read_csv(d/'arms.csv')).to_markdown()}"))
     return t
 
 # %% ../nbs/14_claims.ipynb #cl18c004

@@ -1,7 +1,7 @@
 "The claim files of experiments/PROTOCOL.md: they load, their arms are valid template parameters, and a CUSA run leaves every array they compare."
 import json
 from pathlib import Path
-import numpy as np, pytest
+import numpy as np, pandas as pd, pytest
 from itr_nb.claims import load_claims, claim_runs, load_queries, RSUM_KEYS
 from itr_nb.experiment import check_params, find_template, run_template
 
@@ -31,6 +31,7 @@ def test_cusa_run_has_what_the_claims_compare(tiny_benchmark, tmp_path):
     for k in ('cross_i2i_mAP@R', 't2t_mAP@R', 'ext_t2i_mAP@R'):   # the per-query means are the metrics the template reports
         assert 100 * np.mean(q[k]) == pytest.approx(m[k], abs=1e-9), k
     assert 'val_ext_t2i_mAP@R' in m   # what claims_cusa_tau selects on
+    assert set(spec['report']) <= set(m), set(spec['report']) - set(m)   # what the report shows beside the claims
 
 def test_ttd_baseline_from_init(tiny_benchmark, tmp_path):
     "The TTD template's baseline can start from another run's checkpoint (init): its towers and dim, not the template's."
@@ -68,6 +69,7 @@ def test_tgdt_run_has_what_the_claims_compare(tiny_benchmark, tmp_path):
             for k in RSUM_KEYS:   # the per-query hits give back the template's recalls, ranking by ranking
                 assert 100 * np.mean(q[prefix + k]) == pytest.approx(m[prefix + k], abs=1e-9), prefix + k
     assert 0 < m['two_stage_over_local_secs']   # T4's figure
+    assert set(spec['report']) <= set(m), set(spec['report']) - set(m)
     # the claims compare rankings within one run: T1's difference is two-stage RSUM minus global RSUM, as the template reports them
     import shutil
     from itr_nb.claims import claims_report
@@ -76,6 +78,8 @@ def test_tgdt_run_has_what_the_claims_compare(tiny_benchmark, tmp_path):
     assert list(table.index) == ['T1', 'T2', 'T3']
     for name, (a, b) in dict(T1=('two_stage', 'global'), T2=('two_stage', 'fused'), T3=('local', 'global')).items():
         assert table.loc[name, 'diff'] == pytest.approx(m[f'{a}_rsum'] - m[f'{b}_rsum'], abs=1e-6), name
+    arms = pd.read_csv(tmp_path/'claims'/'arms.csv').set_index('metric')   # one seed: its own numbers, beside the claims
+    assert arms.loc['two_stage_over_local_secs', 'mean'] == pytest.approx(m['two_stage_over_local_secs'], rel=1e-12)
 
 def test_ttd_run_has_what_the_claims_compare(tiny_benchmark, tmp_path):
     "A TTD run with the claim file's parameters writes per-caption arrays before and after TTD whose claims are the template's numbers."
@@ -88,6 +92,7 @@ def test_ttd_run_has_what_the_claims_compare(tiny_benchmark, tmp_path):
     st = run_template('ttd', spec['params'] | small | dict(init=str(tmp_path/'init'), limit_eval=20), tmp_path/'ttd', progress=False)
     assert st['status'] == 'ok', st.get('error')
     m = json.loads((tmp_path/'ttd'/'metrics.json').read_text())
+    assert set(spec['report']) <= set(m), set(spec['report']) - set(m)
     shutil.copytree(tmp_path/'ttd', tmp_path/'claims'/'ttd'/'seed=0')
     table = claims_report(spec | dict(out=tmp_path/'claims', seeds=[0], seeds_needed=1), n_boot=20)
     assert list(table.index) == ['D1', 'D2', 'D3', 'D4', 'D5']
