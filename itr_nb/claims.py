@@ -123,6 +123,8 @@ def load_claims(path) -> dict:
     for name, c in (spec.get('claims') or {}).items():
         for k in ('a', 'b', 'metric', 'direction'):
             if k not in c: raise ItrError(f"{p}: claims.{name}.{k} missing")
+        if c['direction'] == 'every seed below' and not (str(c['metric']).startswith('run:') and isinstance(c.get('threshold'), (int, float))):
+            raise ItrError(f"{p}: claims.{name}: 'every seed below' compares run:<metrics.json key> with a numeric threshold")
         for k in ('a', 'b'):
             if c[k] not in spec['arms']: raise ItrError(f"{p}: claims.{name}.{k} = {c[k]!r} is not an arm ({', '.join(spec['arms'])})")
     if not (isinstance(r := spec.get('report', []), list) and all(isinstance(k, str) for k in r)):
@@ -187,8 +189,19 @@ def _renamed(q:dict, metric:str, other:str) -> dict:
     a, b = metric.partition(':')[2], other.partition(':')[2]
     return q | {k.replace(b, a, 1): v for k, v in q.items() if k.startswith(b)}
 
+def _every_seed(spec:dict, c:dict) -> dict:
+    "A claim on one number per run (`run:<metrics.json key>` of arm a), shown when every seed's value is below `threshold` (no interval)."
+    key = c['metric'].partition(':')[2]
+    v = {s: load_json(d/'metrics.json')[key] for a, s, _, d in claim_runs(spec) if a == c['a'] and _finished(d)}
+    row = dict(a=c['a'], b=c['b'], metric=f"{c['metric']} < {c['threshold']}", direction=c['direction'], seeds=len(v))
+    if not v: return row | dict(verdict=f"no runs (0 of {spec['seeds_needed']} seeds)")
+    ok = all(x < c['threshold'] for x in v.values())
+    verdict = f"incomplete ({len(v)} of {spec['seeds_needed']} seeds)" if len(v) < spec['seeds_needed'] else 'shown' if ok else 'not shown'
+    return row | dict(mean_a=float(np.mean(list(v.values()))), per_seed=[round(x, 3) for x in v.values()], verdict=verdict)
+
 def compare_claim(spec:dict, c:dict, n_boot:int=2000) -> dict:
     "One claim's row: arms, metric, the seeds both arms finished, the paired difference with its 95% interval, the verdict."
+    if c['direction'] == 'every seed below': return _every_seed(spec, c)
     qa, qb = _arm_queries(spec, c['a']), _arm_queries(spec, c['b'])
     seeds = sorted(set(qa) & set(qb))
     row = dict(a=c['a'], b=c['b'], metric=c['metric'] + (f" (b: {c['b_metric']})" if c.get('b_metric') else ''), direction=c['direction'], seeds=len(seeds))
