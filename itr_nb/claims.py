@@ -253,7 +253,7 @@ def claims_report(spec:dict, n_boot:int=2000):
     table = pd.DataFrame({name: compare_claim(spec, c, n_boot) for name, c in spec['claims'].items()}).T
     out.mkdir(parents=True, exist_ok=True)
     num = [k for k in ('mean_a', 'mean_b', 'diff', 'lo', 'hi') if k in table]
-    shown = table.copy(); shown[num] = shown[num].astype(float).round(2)
+    shown = table.copy(); shown[num] = shown[num].astype(float).round(3) + 0.0   # three decimals: an interval end of -0.003 is not shown as 0; + 0.0 turns -0.0 into 0.0
     arms = arms_table(spec)
     beside = f"\n## Each arm (mean ± std [min, max] over seeds; not tested)\n\n{arms_wide(arms).to_markdown()}\n" if len(arms) else ''
     with atomic_write(out/'claims.md') as f: f.write(f"# {spec['name']}\n\n{shown.to_markdown()}\n{beside}")
