@@ -378,30 +378,37 @@ def _per_query(s_i2t, s_t2i, txt2img, rel) -> dict:
     "`itr_nb.metrics.query_metrics` of a ranking: i2t arrays from `s_i2t`, t2i arrays from `s_t2i` (the same matrix when None)."
     return _by_direction(query_metrics(s_i2t, txt2img, rel), None if s_t2i is None else query_metrics(s_t2i, txt2img, rel))
 
+def _fastest(fn, dev, repeats:int=1, clock=None) -> tuple:
+    "(fn()'s result, the fewest seconds of `repeats` timed calls): the minimum is the time least disturbed by other work on the machine."
+    clock, best, r = clock or (lambda: _clock(dev)), float('inf'), None
+    for _ in range(max(1, repeats)):
+        t0 = clock(); r = fn(); best = min(best, clock() - t0)
+    return r, best
+
 def evaluate_tgdt(model:TGDT, data, k_i2t:int=50, k_t2i:int=100, lambda_l:float=1.0, reduce:str='mean',
                   ks=(), # extra two-stage runs with K captions and K images per query (clipped to the gallery)
                   exhaustive:bool=True, # also the exhaustive local and fused rankings
                   image_feats:EncoderOutput|None=None, block_mb:int=256,
                   device=None, # where embedding and scoring run (None: the model's device)
-                  queries:dict|None=None) -> dict: # filled with each ranking's per-query arrays (global_, local_, fused_, two_stage_), for `itr_nb.claims`
+                  queries:dict|None=None, # filled with each ranking's per-query arrays (global_, local_, fused_, two_stage_), for `itr_nb.claims`
+                  repeats:int=1) -> dict: # timed passes of each ranking: its *_secs is the fastest (the rankings themselves are the same)
     "Global-only, exhaustive local and fused, and two-stage metrics and inference seconds of `model` on `data`."
     keep = lambda name, si, st=None: queries.update({f'{name}_{k}': v for k, v in _per_query(si, st, t2i, rel).items()}) if queries is not None else None
     e = embed_tokens(model, data, image_feats=image_feats, device=device); dev = e['x'].device
     t2i, rel = data.split.txt2img, data.rel or None
     out = dict(embed_secs=e.pop('secs'))
-    t0 = _clock(dev); s_g = e['x'] @ e['y'].T; out['global_secs'] = _clock(dev) - t0
+    s_g, out['global_secs'] = _fastest(lambda: e['x'] @ e['y'].T, dev, repeats)
     rel_u = rel or {}
     m = evaluate(s_g, t2i, rel, img_sim=e['x'] @ e['x'].T if 'i2i' in rel_u else None, txt_sim=e['y'] @ e['y'].T if 't2t' in rel_u else None)
     out |= {f'global_{k}': v for k, v in m.items()}; keep('global', s_g)
     if exhaustive:
-        t0 = _clock(dev); s_l = local_sim(e['img_tokens'], e['img_mask'], e['txt_tokens'], e['txt_mask'], lambda_l, reduce, block_mb)
-        out['local_secs'] = _clock(dev) - t0
+        s_l, out['local_secs'] = _fastest(lambda: local_sim(e['img_tokens'], e['img_mask'], e['txt_tokens'], e['txt_mask'], lambda_l, reduce, block_mb), dev, repeats)
         out |= {f'local_{k}': v for k, v in evaluate(s_l, t2i, rel).items()}; keep('local', s_l)
-        t0 = _clock(dev); fused = s_g + s_l; out['fused_secs'] = out['local_secs'] + out['global_secs'] + _clock(dev) - t0
+        fused, t = _fastest(lambda: s_g + s_l, dev, repeats); out['fused_secs'] = out['local_secs'] + out['global_secs'] + t
         out |= {f'fused_{k}': v for k, v in evaluate(fused, t2i, rel).items()}; keep('fused', fused)
         del s_l, fused
     k_i2t, k_t2i = min(k_i2t, data.n_captions), min(k_t2i, data.n_images)   # a gallery smaller than K (limit_eval): all of it
-    ts = two_stage(e, k_i2t, k_t2i, lambda_l, reduce, block_mb)
+    ts = min((two_stage(e, k_i2t, k_t2i, lambda_l, reduce, block_mb) for _ in range(max(1, repeats))), key=lambda r: r['secs'])
     out |= dict(k_i2t=k_i2t, k_t2i=k_t2i, two_stage_secs=ts['secs'], two_stage_stage1_secs=ts['stage1_secs'], two_stage_stage2_secs=ts['stage2_secs'])
     si, st = ranking_scores(s_g, *ts['i2t'], 'i2t'), ranking_scores(s_g, *ts['t2i'], 't2i')
     out |= {f'two_stage_{k}': v for k, v in split_metrics(si, st, t2i, rel).items()}; keep('two_stage', si, st)
