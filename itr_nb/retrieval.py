@@ -8,7 +8,7 @@ Docs: https://itr-nb.github.io/itr_nb/retrieval.html.md"""
 # %% ../nbs/15_retrieval.ipynb #7470ceef
 from __future__ import annotations
 import hashlib, json, math
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import numpy as np, torch
 from torch import nn
@@ -26,9 +26,9 @@ from .synth import ensure_benchmark
 from .train import ddp_setup, train_pairs
 
 # %% auto #0
-__all__ = ['STUDENT', 'tower_preprocess', 'image_preprocess', 'run_splits', 'embed_split', 'evaluate_split', 'cross_unimodal',
-           'train_retrieval', 'PretrainConfig', 'load_model', 'pretrain_student', 'init_model', 'query_split',
-           'pretrain_arguments', 'pretrain_command']
+__all__ = ['STUDENT', 'STUDENTS', 'tower_preprocess', 'image_preprocess', 'run_splits', 'embed_split', 'evaluate_split',
+           'cross_unimodal', 'train_retrieval', 'PretrainConfig', 'load_model', 'pretrain_student', 'init_model',
+           'query_split', 'pretrain_arguments', 'pretrain_config', 'pretrain_command']
 
 # %% ../nbs/15_retrieval.ipynb #ba662733
 _DEFAULT_TOWER = dict(size=64, short_side=0, crop_offset='round', interpolation='bicubic', pretrained=False)
@@ -180,6 +180,9 @@ class PretrainConfig:
         "A short hash of every field: the folder name under data/students."
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
+STUDENTS = {'student': PretrainConfig(),                                    # experiments/PROTOCOL.md's student
+            'student-120k': PretrainConfig(n_images=120000, epochs=5)}      # 3x the pretraining images (experiments/student.ipynb)
+
 # %% ../nbs/15_retrieval.ipynb #st18d003
 def load_model(path, device='cpu') -> tuple:
     "(dual encoder, its ModelConfig) rebuilt from a checkpoint folder (or its `best.safetensors`) and loaded with its weights."
@@ -215,11 +218,16 @@ def pretrain_student(cfg:PretrainConfig|None=None, out_dir=None, # default data/
     return out
 
 def init_model(init:str, cfg:ModelConfig, device='cpu') -> tuple:
-    "A template's `init`: '' -> (None, cfg); 'student' -> the pretrained student (built if missing); a folder -> its model. Returns (model, config)."
+    "A template's `init`: '' -> (None, cfg); a name in `STUDENTS` ('student', ...) -> that pretrained student (built if missing); a folder -> its model. Returns (model, config)."
     if not init: return None, cfg
-    model, mcfg = load_model(pretrain_student() if init == 'student' else init, device)
+    model, mcfg = load_model(pretrain_student(STUDENTS[init]) if init in STUDENTS else _init_folder(init), device)
     if mcfg != cfg: print(f"init {init}: the model is {mcfg} (the template's towers are not used)")
     return model, mcfg
+
+def _init_folder(init):
+    p = Path(init)
+    if not p.exists() and init.startswith('student'): raise ItrError(f"init {init!r}: neither a folder nor one of the pretrained students {sorted(STUDENTS)}")
+    return p
 
 # %% ../nbs/15_retrieval.ipynb #st18e000
 def query_split(model:DualEncoder, data:SplitData,
@@ -236,14 +244,18 @@ def query_split(model:DualEncoder, data:SplitData,
     return q
 
 def pretrain_arguments(parser):
-    "Arguments of `itr-nb pretrain`."
-    d = PretrainConfig()
+    "Arguments of `itr-nb pretrain`: a named student (`STUDENTS`), each of whose fields a flag may change."
+    parser.add_argument('--student', default='student', choices=sorted(STUDENTS), help="a named recipe (default 'student', the protocol's)")
     for f in ('n_images', 'captions_per_image', 'epochs', 'batch_size', 'warmup_steps', 'seed'):
-        parser.add_argument('--' + f.replace('_', '-'), type=int, default=getattr(d, f), help=f'(default {getattr(d, f)})')
-    parser.add_argument('--lr', type=float, default=d.lr, help=f'peak learning rate (default {d.lr})')
+        parser.add_argument('--' + f.replace('_', '-'), type=int, default=None, help=f"(default: the named student's, {getattr(STUDENTS['student'], f)} for 'student')")
+    parser.add_argument('--lr', type=float, default=None, help=f"peak learning rate (default: the named student's)")
     parser.add_argument('--device', default='auto', help='auto | cpu | cuda')
+
+def pretrain_config(args) -> PretrainConfig:
+    "The named student's `PretrainConfig` with the fields the flags set."
+    over = {k: getattr(args, k) for k in ('n_images', 'captions_per_image', 'epochs', 'batch_size', 'warmup_steps', 'seed', 'lr') if getattr(args, k) is not None}
+    return replace(STUDENTS[args.student], **over)
 
 def pretrain_command(args) -> int:
     "Build (or find) the pretrained student and print its folder."
-    cfg = PretrainConfig(**{k: getattr(args, k) for k in ('n_images', 'captions_per_image', 'epochs', 'batch_size', 'warmup_steps', 'seed', 'lr')})
-    print(pretrain_student(cfg, device=args.device)); return 0
+    print(pretrain_student(pretrain_config(args), device=args.device)); return 0
