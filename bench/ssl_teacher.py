@@ -2,7 +2,7 @@
 each image) on the pretraining split's images alone - no caption, no pairing - and its ROC AUC on the oracle's
 image-image positives (validation split) as it trains.
 
-    .venv/bin/python bench/ssl_teacher.py --name fg --fg 0.09      # background replaced first (bench/_foreground.py)
+    .venv/bin/python bench/ssl_teacher.py --name fg --fg 0.09      # background replaced first (itr_nb.cusa.foreground)
     .venv/bin/python bench/ssl_teacher.py --name raw --fg 0        # the images as they are
 
 Writes runs/teachers/simclr-<name>.json (arguments, AUC by step and training seconds) and the encoder's weights to
@@ -15,9 +15,8 @@ from tqdm.auto import tqdm
 from itr_nb.core import atomic_write, runs_root, data_root, seed_everything
 from itr_nb.splits import load_split
 from itr_nb.synth import ensure_benchmark, ensure_pretrain
-from itr_nb.cusa import teacher_auc
+from itr_nb.cusa import teacher_auc, foreground
 from itr_nb.encoders import SmallCNN
-from _foreground import foreground
 
 p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
 p.add_argument('--name', required=True, help='names the outputs')
@@ -27,7 +26,7 @@ p.add_argument('--lr', type=float, default=2e-3, help='peak (AdamW, linear warm-
 p.add_argument('--tau', type=float, default=0.2, help='NT-Xent temperature')
 p.add_argument('--min-scale', type=float, default=0.2, help='smallest crop, as a share of the image area')
 p.add_argument('--widths', default='32,64,128,256', help='SmallCNN stage widths')
-p.add_argument('--n-images', type=int, default=80000, help='pretraining images (the split `itr-nb pretrain --n-images` built)')
+p.add_argument('--n-images', type=int, default=120000, help="pretraining images (default: the split of itr-nb pretrain --student student-120k)")
 p.add_argument('--eval-every', type=int, default=250); p.add_argument('--seed', type=int, default=0)
 a = p.parse_args()
 

@@ -46,13 +46,10 @@ def eff_feats(size, block=None, images=None):
     return torch.cat(out)
 for size in (64, 128, 224): row('i2i', f'ImageNet EfficientNet-Lite0 at {size} px, 1280-d head', 'allowed', lambda: eff_feats(size))
 for block in (6, 11): row('i2i', f'ImageNet EfficientNet-Lite0 at 64 px, block {block} average', 'allowed', lambda: eff_feats(64, block))
-# the background is a smooth gradient: replaced by grey first (bench/_foreground.py), from the image alone
-from _foreground import foreground
-xf, fgmask = foreground(x)
-def fg_hist(levels):
-    q = (x * (levels - 1e-3)).long(); idx = (q[:, 0] * levels + q[:, 1]) * levels + q[:, 2]
-    return torch.stack([torch.bincount(i.flatten()[m.flatten() > 0], minlength=levels ** 3) for i, m in zip(idx, fgmask)]).float().sqrt()
-row('i2i', 'colour histogram of the foreground, 6 levels per channel (sqrt)', 'allowed', lambda: fg_hist(6))
+# the background is a smooth gradient: replaced by grey first (itr_nb.cusa.foreground), from the image alone
+from itr_nb.cusa import foreground, ForegroundColours
+xf = foreground(x)[0]
+row('i2i', 'colour histogram of the foreground, 6 levels per channel (sqrt): the fg-colours teacher', 'allowed', lambda: ForegroundColours()(x).global_)
 row('i2i', 'ImageNet EfficientNet-Lite0 at 128 px on the foreground, 1280-d head', 'allowed', lambda: eff_feats(128, images=xf))
 from itr_nb.encoders import SmallCNN
 from safetensors.torch import load_file

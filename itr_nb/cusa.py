@@ -19,8 +19,8 @@ from .encoders import (EncoderOutput, image_encoder, text_encoder, cached_featur
 from .losses import ContrastiveLoss, Temperature, gather_batch
 
 # %% auto #0
-__all__ = ['soft_labels', 'kl_rows', 'csa_loss', 'usa_loss', 'CUSAObjective', 'Teacher', 'teacher_features', 'teacher_auc',
-           'label_peakedness', 'cusa_arguments', 'cusa_command']
+__all__ = ['soft_labels', 'kl_rows', 'csa_loss', 'usa_loss', 'CUSAObjective', 'foreground', 'ForegroundColours', 'Teacher',
+           'teacher_features', 'teacher_auc', 'label_peakedness', 'cusa_arguments', 'cusa_command']
 
 # %% ../nbs/16_cusa.ipynb #01da02cc
 def soft_labels(feats:Tensor, # teacher features of the batch [N,D] (normalised here)
@@ -89,6 +89,32 @@ class CUSAObjective(nn.Module):
             loss = loss + self.beta * parts['usa']
         return dict(loss=loss, **parts)
 
+# %% ../nbs/16_cusa.ipynb #st19f001
+def foreground(x:Tensor, # images [B,3,H,W] in [0,1]
+               thresh:float=0.09, # foreground: a channel differs from the plane by more, at the pixel and on its 3x3 average
+               fill:float=0.5) -> tuple: # what the background becomes
+    "(x with its background replaced by `fill`, foreground mask [B,1,H,W]) from a least-squares plane per channel fitted to the border."
+    B, C, H, W = x.shape
+    v, u = torch.meshgrid(torch.linspace(-1, 1, H, dtype=x.dtype, device=x.device), torch.linspace(-1, 1, W, dtype=x.dtype, device=x.device), indexing='ij')
+    ring = torch.zeros(H, W, dtype=torch.bool, device=x.device); ring[[0, -1]] = True; ring[:, [0, -1]] = True
+    A = torch.stack([torch.ones_like(u), u, v], -1)                      # [H,W,3]: 1, u, v
+    coef = x[..., ring] @ torch.linalg.pinv(A[ring]).T                   # [B,C,3]
+    d = (x - torch.einsum('hwk,bck->bchw', A, coef)).abs().amax(1, keepdim=True)
+    mask = ((F.avg_pool2d(d, 3, 1, 1) > thresh) & (d > thresh)).to(x.dtype)   # the 3x3 average keeps sensor noise out
+    return x * mask + fill * (1 - mask), mask
+
+class ForegroundColours(nn.Module):
+    "Image teacher: sqrt of the colour histogram (`levels` per channel) of the `foreground` pixels."
+    def __init__(self, levels:int=6, thresh:float=0.09):
+        super().__init__(); self.levels, self.thresh, self.dim = levels, thresh, levels ** 3
+
+    def forward(self, x:Tensor) -> EncoderOutput:
+        m = foreground(x, self.thresh)[1].flatten(1) > 0
+        q = (x.clamp(0, 1) * (self.levels - 1e-3)).long(); idx = ((q[:, 0] * self.levels + q[:, 1]) * self.levels + q[:, 2]).flatten(1)
+        h = torch.zeros(len(x), self.dim, device=x.device).scatter_add_(1, idx, m.float())
+        return EncoderOutput(h.sqrt())
+
+
 # %% ../nbs/16_cusa.ipynb #2f9ee0bd
 class Teacher:
     "A frozen image or text teacher from a spec, built on first call; images are resized to `size` first."
@@ -107,7 +133,8 @@ class Teacher:
         if self._enc is None:
             kind, _, arg = self.name.partition(':')
             if self.modality == 'image':
-                enc = HFImage(arg) if kind == 'hf' and arg else image_encoder(self.name, **({'weights': self.timm_weights} if self.timm_weights else {}))
+                enc = (ForegroundColours() if self.name == 'fg-colours' else HFImage(arg) if kind == 'hf' and arg else
+                       image_encoder(self.name, **({'weights': self.timm_weights} if self.timm_weights else {})))
             else:
                 enc = SentenceTransformerText(arg) if kind == 'st' and arg else text_encoder(self.name)
             self._enc = enc.eval().requires_grad_(False).to(self.device)
