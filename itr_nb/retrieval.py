@@ -28,7 +28,7 @@ from .train import ddp_setup, train_pairs
 # %% auto #0
 __all__ = ['STUDENT', 'STUDENTS', 'tower_preprocess', 'image_preprocess', 'run_splits', 'embed_split', 'evaluate_split',
            'cross_unimodal', 'train_retrieval', 'PretrainConfig', 'load_model', 'pretrain_student', 'init_model',
-           'query_split', 'pretrain_arguments', 'pretrain_config', 'pretrain_command']
+           'resolve_init', 'query_split', 'pretrain_arguments', 'pretrain_config', 'pretrain_command']
 
 # %% ../nbs/15_retrieval.ipynb #ba662733
 _DEFAULT_TOWER = dict(size=64, short_side=0, crop_offset='round', interpolation='bicubic', pretrained=False)
@@ -220,11 +220,13 @@ def pretrain_student(cfg:PretrainConfig|None=None, out_dir=None, # default data/
 def init_model(init:str, cfg:ModelConfig, device='cpu') -> tuple:
     "A template's `init`: '' -> (None, cfg); a name in `STUDENTS` ('student', ...) -> that pretrained student (built if missing); a folder -> its model. Returns (model, config)."
     if not init: return None, cfg
-    model, mcfg = load_model(pretrain_student(STUDENTS[init]) if init in STUDENTS else _init_folder(init), device)
+    model, mcfg = load_model(resolve_init(init), device)
     if mcfg != cfg: print(f"init {init}: the model is {mcfg} (the template's towers are not used)")
     return model, mcfg
 
-def _init_folder(init):
+def resolve_init(init:str) -> Path:
+    "The checkpoint folder of a template's `init`: a name in `STUDENTS` (that student, built if missing) or a folder."
+    if init in STUDENTS: return pretrain_student(STUDENTS[init])
     p = Path(init)
     if not p.exists() and init.startswith('student'): raise ItrError(f"init {init!r}: neither a folder nor one of the pretrained students {sorted(STUDENTS)}")
     return p

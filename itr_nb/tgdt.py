@@ -358,12 +358,12 @@ def split_metrics(s_i2t, s_t2i, txt2img, rel:dict|None=None) -> dict:
     return out
 
 # %% ../nbs/17_tgdt.ipynb #a2171a77
-def init_backbones(model:TGDT, init:str, # '' (none), 'student' (the pretrained student, built if missing) or a dual-encoder checkpoint folder
+def init_backbones(model:TGDT, init:str, # '' (none), a pretrained student's name ('student', ...; built if missing) or a dual-encoder checkpoint folder
                    device='cpu') -> list:
     "Copy the image (and, where the towers match, text) backbone of the dual encoder `init` into `model`; returns what was copied."
     if not init: return []
-    from itr_nb.retrieval import load_model, pretrain_student
-    src, mcfg = load_model(pretrain_student() if init == 'student' else init, device)
+    from itr_nb.retrieval import load_model, resolve_init
+    src, mcfg = load_model(resolve_init(init), device)
     if src.image_enc.spec != model.image_enc.spec:
         raise ItrError(f"init {init}: its image tower is {src.image_enc.spec!r}, this model's {model.image_enc.spec!r} (pass image_encoder={mcfg.image_encoder!r})")
     done = []
