@@ -21,7 +21,7 @@ COMMANDS = {  # name: (module, one-line help)
     'run':   ('itr_nb.experiment', 'run a papermill template notebook (or a recipe, experiments/official/) with parameters into runs/'),
     'pretrain': ('itr_nb.retrieval', 'pretrain the embedded benchmark\'s student once on its pretraining split (cached under data/students)'),
     'sweep': ('itr_nb.experiment', 'run a grid of parameters and seeds and summarise it'),
-    'claims': ('itr_nb.claims', "run a paper's claims as fixed in experiments/PROTOCOL.md (claim files experiments/claims_*.yaml) and write their tables with intervals"),
+    'claims': ('itr_nb.claims', "run a paper's claims as fixed in experiments/PROTOCOL.md or PROTOCOL2.md (claim files experiments/claims_*.yaml, claims2_*.yaml) and write their tables with intervals"),
     'cusa':  ('itr_nb.cusa', "cache CUSA's teacher features for a split; print teacher AUCs and soft-label peakedness"),
     'ttd':   ('itr_nb.ttd', 'evaluate tag selection and caption/tag masks of a checkpoint (TTD)'),
     'ddp':   ('itr_nb.distributed', 'run a training template or recipe in every process torchrun started (its own parameters; batches shared out, negatives gathered)'),

@@ -1,4 +1,4 @@
-"The claim files of experiments/PROTOCOL.md: they load, their arms are valid template parameters, and a CUSA run leaves every array they compare."
+"The claim files of experiments/PROTOCOL.md and PROTOCOL2.md: they load, their arms are valid template parameters, and a CUSA run leaves every array they compare."
 import json
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
@@ -6,7 +6,7 @@ from itr_nb.claims import load_claims, claim_runs, load_queries, RSUM_KEYS
 from itr_nb.experiment import check_params, find_template, run_template
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = sorted((ROOT/'experiments').glob('claims_*.yaml'))
+FILES = sorted((ROOT/'experiments').glob('claims_*.yaml')) + sorted((ROOT/'experiments').glob('claims2_*.yaml'))   # PROTOCOL.md's, PROTOCOL2.md's
 
 @pytest.mark.parametrize('path', FILES, ids=[f.stem for f in FILES])
 def test_claim_file_is_valid(path):
