@@ -272,7 +272,7 @@ def show_claims(name:str, # a claim file's stem, e.g. 'claims_cusa'
     from itr_nb.core import runs_root
     d = Path(runs or runs_root())/name
     if not (d/'claims.csv').exists():
-        print(f"no results for {name} yet: run `itr-nb claims run experiments/{name}.yaml` (experiments/PROTOCOL.md)"); return None
+        print(f"no results for {name} yet: run `itr-nb claims run experiments/{name}.yaml` (experiments/{'PROTOCOL2.md' if name.startswith('claims2_') else 'PROTOCOL.md'})"); return None
     t = pd.read_csv(d/'claims.csv', index_col=0)
     if (d/'claims.png').exists():
         from IPython.display import Image, display
