@@ -15,7 +15,8 @@ from .core import ItrError, atomic_write, load_json, save_json
 # %% auto #0
 __all__ = ['RSUM_KEYS', 'save_queries', 'load_queries', 'metric_value', 'Comparison', 'paired_bootstrap', 'verdict',
            'load_claims', 'claim_runs', 'run_claims', 'compare_claim', 'arms_table', 'arms_wide', 'plot_claims',
-           'claims_report', 'show_claims', 'claims_arguments', 'claims_command']
+           'claims_report', 'show_claims', 'protocol_claims', 'protocols_wide', 'plot_protocols', 'claims_arguments',
+           'claims_command']
 
 # %% ../nbs/14_claims.ipynb #7fca8ec5
 def save_queries(path, arrays:dict, prefix:str=''):
@@ -281,6 +282,65 @@ def show_claims(name:str, # a claim file's stem, e.g. 'claims_cusa'
         from IPython.display import display, Markdown
         display(Markdown(f"Each arm, mean ± std [min, max] over seeds (not tested):\n\n{arms_wide(pd.read_csv(d/'arms.csv')).to_markdown()}"))
     return t
+
+# %% ../nbs/14_claims.ipynb #cl25p001
+def _cell_list(v) -> list:
+    "A `per_seed` value as read back from claims.csv (a list's repr), else []."
+    import ast
+    return ast.literal_eval(v) if isinstance(v, str) and v.startswith('[') else list(v) if isinstance(v, (list, tuple)) else []
+
+def protocol_claims(names:dict, # {protocol label: claim file stem}, e.g. {'PROTOCOL.md': 'claims_cusa', 'PROTOCOL2.md': 'claims2_cusa'}
+                    runs=None): # the runs folder (default: `itr_nb.core.runs_root()`)
+    "Every protocol's claims in one long table (claim, protocol, a, b, metric, diff, lo, hi, per-seed max, verdict) from the claims.csv files there are; None without any."
+    import pandas as pd
+    from itr_nb.core import runs_root
+    rows = []
+    for label, name in names.items():
+        f = Path(runs or runs_root())/name/'claims.csv'
+        if not f.exists(): continue
+        for claim, r in pd.read_csv(f, index_col=0).iterrows():
+            per_seed = _cell_list(r.get('per_seed'))
+            rows.append(dict(claim=claim, protocol=label, a=r['a'], b=r['b'], metric=r['metric'], seeds=r.get('seeds'),
+                             diff=r.get('diff', np.nan), lo=r.get('lo', np.nan), hi=r.get('hi', np.nan),
+                             seed_max=max(per_seed) if per_seed else np.nan, verdict=r['verdict']))
+    if not rows:
+        print(f"no results for {', '.join(names.values())} yet: run `itr-nb claims run` on their claim files in experiments/"); return None
+    return pd.DataFrame(rows)
+
+def protocols_wide(t) -> 'pd.DataFrame':
+    "`protocol_claims` with one row per claim: its arms and metric, then per protocol 'diff [lo, hi]' (or a per-seed claim's largest value) and the verdict."
+    import pandas as pd
+    claims, labels = list(dict.fromkeys(t['claim'])), list(dict.fromkeys(t['protocol']))
+    first = t.drop_duplicates('claim').set_index('claim')
+    out = pd.DataFrame({'a - b': [f"{first.loc[c, 'a']} - {first.loc[c, 'b']}" for c in claims], 'metric': [first.loc[c, 'metric'] for c in claims]}, index=claims)
+    by = t.set_index(['claim', 'protocol'])
+    def cell(r): return (f"{r['diff']:+.3f} [{r['lo']:.3f}, {r['hi']:.3f}]" if pd.notna(r['diff']) else
+                         f"max {r['seed_max']:.3f} over seeds" if pd.notna(r['seed_max']) else '-')
+    for label in labels:
+        out[f'{label} diff [95%]'] = [cell(by.loc[(c, label)]) if (c, label) in by.index else '-' for c in claims]
+        out[f'{label} verdict'] = [by.loc[(c, label), 'verdict'] if (c, label) in by.index else 'not run' for c in claims]
+    return out
+
+# %% ../nbs/14_claims.ipynb #cl25p004
+def plot_protocols(t, title:str=''):
+    "Each claim's difference with its 95% interval under every protocol of a `protocol_claims` table, one marker per protocol, coloured by verdict."
+    import matplotlib.pyplot as plt
+    t = t[t['diff'].notna()]
+    claims, labels = list(dict.fromkeys(t['claim'])), list(dict.fromkeys(t['protocol']))
+    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.6 * max(len(claims), 1)))
+    col = lambda v: 'tab:green' if v == 'shown' else 'tab:red' if v == 'contradicted' else 'tab:gray'
+    for j, label in enumerate(labels):
+        off = (j - (len(labels) - 1) / 2) * 0.25
+        for _, r in t[t['protocol'] == label].iterrows():
+            y = claims.index(r['claim']) + off
+            ax.errorbar(r['diff'], y, xerr=[[r['diff'] - r['lo']], [r['hi'] - r['diff']]], fmt='os^Dv'[j % 5], color=col(r['verdict']), capsize=3)
+    first = t.drop_duplicates('claim').set_index('claim')
+    ax.axvline(0, color='k', lw=0.8); ax.set_yticks(range(len(claims)), [f"{c}: {first.loc[c, 'a']} - {first.loc[c, 'b']}\n{first.loc[c, 'metric']}" for c in claims], fontsize=7)
+    ax.invert_yaxis(); ax.set_xlabel('paired difference a - b (95% interval; green shown, red contradicted, grey not shown)', fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.legend([plt.Line2D([], [], marker='os^Dv'[j % 5], color='k', ls='none') for j in range(len(labels))], labels, fontsize=7, title='protocol', title_fontsize=7)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/14_claims.ipynb #cl18c004
 def claims_arguments(p):
